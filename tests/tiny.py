@@ -1,0 +1,41 @@
+"""Tiny random models for tests (fixed seeds, built at test time; nothing is downloaded)."""
+from __future__ import annotations
+
+import torch
+from diffusers import UNet2DConditionModel
+
+TINY_UNET_CONFIG = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64, 64, 64),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    layers_per_block=2,
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+
+
+def tiny_unet2d(seed: int = 0) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**TINY_UNET_CONFIG)
+
+
+def randomize_zero_params_(module: torch.nn.Module, seed: int = 1, std: float = 0.05) -> None:
+    """Give zero-initialised parameters (proj_out-like, flow_conv_in.conv_out) random values so no layer is an
+    identity in tests."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if torch.count_nonzero(p) == 0:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+
+
+def tiny_video_unet(seed: int = 0, dtype: torch.dtype = torch.float32):
+    from live2diff_core import VideoUNet
+
+    unet = VideoUNet(tiny_unet2d(seed))
+    randomize_zero_params_(unet, seed + 1)
+    return unet.to(dtype).eval()
