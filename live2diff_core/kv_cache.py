@@ -53,6 +53,7 @@ class KVCache:
     window: int
     warm: list[bool] = field(default_factory=list)
     filled: list[int] = field(default_factory=list)
+    occupied: list[bool] = field(default_factory=list)
     calls: int = 0
 
     # ---------------------------------------------------------------- creation
@@ -75,7 +76,7 @@ class KVCache:
         layers = [
             torch.zeros(num_steps, 2, g.tokens, window, g.channels, dtype=dtype, device=device) for g in geometry
         ]
-        return cls(layers, sinks, window, [False] * num_steps, [0] * num_steps, 0)
+        return cls(layers, sinks, window, [False] * num_steps, [0] * num_steps, [False] * num_steps, 0)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -114,17 +115,20 @@ class KVCache:
             t.zero_()
         self.warm = [False] * self.num_steps
         self.filled = [0] * self.num_steps
+        self.occupied = [False] * self.num_steps
         self.calls = 0
 
     def clone(self) -> "KVCache":
         """Deep copy (tensors and counters)."""
-        return KVCache([t.clone() for t in self.layers], self.sinks, self.window, list(self.warm), list(self.filled),
-                       self.calls)
+        return self._with_layers([t.clone() for t in self.layers])
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "KVCache":
         """Return a cache on another device/dtype (same counters); ``self`` is left untouched."""
-        return KVCache([t.to(device=device, dtype=dtype) for t in self.layers], self.sinks, self.window,
-                       list(self.warm), list(self.filled), self.calls)
+        return self._with_layers([t.to(device=device, dtype=dtype) for t in self.layers])
+
+    def _with_layers(self, layers: list[Tensor]) -> "KVCache":
+        return KVCache(layers, self.sinks, self.window, list(self.warm), list(self.filled), list(self.occupied),
+                       self.calls)
 
     def mark_warm(self, row: int) -> None:
         self._check_row(row)
@@ -138,14 +142,16 @@ class KVCache:
             raise IndexError(f"cache row {row} out of range (the cache has {self.num_steps} rows)")
 
     # ---------------------------------------------------------------- tables
-    def active_rows(self) -> list[int]:
-        """Rows that hold a real frame in the next streaming call (row ``i`` starts at call ``i``)."""
-        return [i for i in range(self.num_steps) if i <= self.calls]
+    def next_occupancy(self, head_active: bool = True) -> list[bool]:
+        """Which rows hold a real frame in the next call: the new frame enters row 0 (if ``head_active``) and every
+        in-flight frame moves one row down (one denoising step further)."""
+        return [head_active] + self.occupied[:-1]
 
-    def tables(self) -> StreamTables:
+    def tables(self, head_active: bool = True) -> StreamTables:
         """Tables for the next streaming call (the K/V write of this call included)."""
         t, w, s, r = self.num_steps, self.window, self.sinks, self.recent
-        active = torch.zeros(t, dtype=torch.bool)
+        occupancy = self.next_occupancy(head_active)
+        active = torch.tensor(occupancy, dtype=torch.bool)
         write_slot = torch.zeros(t, dtype=torch.long)
         mask = torch.zeros(t, w, dtype=torch.bool)
         key_pos = torch.arange(w).repeat(t, 1)
@@ -153,18 +159,15 @@ class KVCache:
         mask[:, :s] = True
         for i in range(t):
             n = self.filled[i]  # streamed frames already in row i
-            is_active = i <= self.calls
-            active[i] = is_active
-            visible = n + 1 if is_active else n  # frames visible after this call's write
+            visible = n + 1 if occupancy[i] else n  # frames visible after this call's write
             write_slot[i] = s + n % r
-            # the frames in the ring buffer are stream indices first..last; frame m lives in slot s + m % r
-            last = visible - 1
+            # the ring buffer holds stream frames first..visible-1; frame m lives in slot s + m % r and gets
+            # position s + (m - first): temporal order, the newest frame at the highest position
             first = max(0, visible - r)
             for m in range(first, visible):
-                slot = s + m % r
-                mask[i, slot] = True
-                key_pos[i, slot] = s + (m - first)
-            query_pos[i] = s + (last - first) if is_active else 0
+                mask[i, s + m % r] = True
+                key_pos[i, s + m % r] = s + (m - first)
+            query_pos[i] = s + (visible - 1 - first) if occupancy[i] else 0
         dev = self.device
         return StreamTables(
             active=active.to(dev),
@@ -177,6 +180,8 @@ class KVCache:
 
     def advance(self, tables: StreamTables) -> None:
         """Commit one streaming call: the active rows each gained one frame."""
-        for i in torch.nonzero(tables.active.cpu()).flatten().tolist():
-            self.filled[i] += 1
+        occupancy = tables.active.cpu().tolist()
+        for i, used in enumerate(occupancy):
+            self.filled[i] += int(used)
+        self.occupied = occupancy
         self.calls += 1

@@ -143,11 +143,12 @@ class VideoUNet(nn.Module):
         return eps
 
     def stream(self, sample: Tensor, timesteps: Tensor, encoder_hidden_states: Tensor,
-               depth_latent: Tensor | None, cache: KVCache) -> Tensor:
+               depth_latent: Tensor | None, cache: KVCache, *, head_active: bool = True) -> Tensor:
         """One pipelined streaming call: ``sample[i]`` (``[T,4,1,h,w]``) is a frame at denoising step ``i``.
 
-        Returns eps ``[T,4,1,h,w]`` and advances the cache. Rows that hold no real frame yet (row ``i`` during the
-        first ``i`` calls) are computed but neither written to nor unmasked in the cache.
+        Returns eps ``[T,4,1,h,w]`` and advances the cache. Rows that hold no real frame (row ``i`` during the
+        first ``i`` calls; row 0 when ``head_active`` is False, as while draining the pipeline) are computed but
+        neither written to nor unmasked in the cache.
         """
         f = self._check_sample(sample, depth_latent)
         if f != 1:
@@ -158,7 +159,7 @@ class VideoUNet(nn.Module):
             missing = [i for i, w in enumerate(cache.warm) if not w]
             raise RuntimeError(f"cache rows {missing} have no warm-up; run warmup() for every row first")
         self._check_cache(cache, sample)
-        tables = cache.tables()
+        tables = cache.tables(head_active)
         eps = self._run(sample, timesteps, encoder_hidden_states, depth_latent,
                         TemporalContext("stream", 1, cache=cache, tables=tables))
         cache.advance(tables)
