@@ -39,3 +39,27 @@ def tiny_video_unet(seed: int = 0, dtype: torch.dtype = torch.float32):
     unet = VideoUNet(tiny_unet2d(seed))
     randomize_zero_params_(unet, seed + 1)
     return unet.to(dtype).eval()
+
+
+TINY_TEXT_CONFIG = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=12, num_attention_heads=4,
+                        vocab_size=49408, max_position_embeddings=77, projection_dim=32)
+TINY_TAESD_CONFIG = dict(encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16),
+                         num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
+
+
+def tiny_text_encoder(seed: int = 0):
+    """(shipped SD1.5 tokenizer, tiny 12-layer CLIP text model)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from live2diff_core.sd_checkpoint import SHIPPED_CONFIG_DIR
+
+    torch.manual_seed(seed)
+    tok = CLIPTokenizer.from_pretrained(SHIPPED_CONFIG_DIR / "tokenizer")
+    return tok, CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG)).eval()
+
+
+def tiny_taesd(seed: int = 0):
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    return AutoencoderTiny(**TINY_TAESD_CONFIG).eval()
