@@ -1,0 +1,101 @@
+"""Live2DiffPipeline.from_files on every on-disk format the loaders accept (tiny random models)."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from tiny import TINY_UNET_CONFIG, tiny_taesd, tiny_text_encoder, tiny_video_unet
+
+from live2diff_core import Live2DiffPipeline, Vae
+from live2diff_core.depth import DepthEstimator
+from live2diff_core.loader import motion_keys
+from live2diff_core.sd_checkpoint import SHIPPED_CONFIG_DIR
+
+SETTINGS = dict(width=64, height=64, t_index_list=(30, 40), seed=5)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from diffusers import UNet2DConditionModel
+    from test_depth import TINY_CONFIG, _tiny_model
+
+    root = tmp_path_factory.mktemp("files")
+    unet = tiny_video_unet(seed=2)
+    tok, text = tiny_text_encoder(seed=3)
+    taesd = tiny_taesd(seed=4)
+    dpt = _tiny_model(seed=5, config=TINY_CONFIG)
+    base = root / "sd15"
+    spatial = {k: v for k, v in unet.state_dict().items() if k not in motion_keys(unet)}
+    u2d = UNet2DConditionModel(**TINY_UNET_CONFIG)
+    u2d.load_state_dict(spatial)
+    u2d.save_pretrained(base / "unet")
+    text.save_pretrained(base / "text_encoder")
+    shutil.copytree(SHIPPED_CONFIG_DIR / "tokenizer", base / "tokenizer")
+    torch.save({"state_dict": {k: v for k, v in unet.state_dict().items() if k in motion_keys(unet)}},
+               root / "live2diff.ckpt")
+    # ComfyUI models/vae_approx layout: original TAESD names (decoder index shifted by the weightless clamp)
+    sd = taesd.state_dict()
+    enc = {k[len("encoder.layers."):]: v for k, v in sd.items() if k.startswith("encoder.layers.")}
+    dec = {}
+    for k, v in sd.items():
+        if k.startswith("decoder.layers."):
+            i, rest = k[len("decoder.layers."):].split(".", 1)
+            dec[f"{int(i) + 1}.{rest}"] = v
+    (root / "vae_approx").mkdir()
+    save_file(enc, root / "vae_approx" / "taesd_encoder.safetensors")
+    save_file(dec, root / "vae_approx" / "taesd_decoder.safetensors")
+    dpt.save_pretrained(root / "dpt-hybrid-midas")
+    reference = Live2DiffPipeline(unet, Vae(taesd), tok, text, DepthEstimator(dpt))
+    return root, reference
+
+
+def test_from_files_equals_in_memory_pipeline(models):
+    root, reference = models
+    pipe = Live2DiffPipeline.from_files(root / "sd15", root / "live2diff.ckpt", taesd=root / "vae_approx",
+                                        depth=root / "dpt-hybrid-midas")
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(10, 64, 64, 3, generator=g)
+    got = pipe(frames, "a red fox", **SETTINGS)
+    ref = reference(frames, "a red fox", **SETTINGS)
+    assert got.shape == frames.shape
+    torch.testing.assert_close(got, ref, atol=2e-3, rtol=0)
+    for name in ("unet", "text_encoder", "vae", "depth_estimator"):  # every component loaded bit-exactly
+        a, b = getattr(pipe, name).state_dict(), getattr(reference, name).state_dict()
+        assert a.keys() == b.keys(), name
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_from_files_merges_lcm_and_style_loras(models, tmp_path):
+    root, reference = models
+    g = torch.Generator().manual_seed(1)
+    rank, alpha = 4, 2.0
+    target = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    w = reference.unet.down_blocks[0].attentions[0].proj_in.weight  # [32, 32] linear (use_linear_projection=False: conv)
+    down = torch.randn(rank, *w.shape[1:], generator=g) * 0.1
+    up = torch.randn(w.shape[0], rank, *([1] * (w.dim() - 2)), generator=g) * 0.1
+    lcm = {f"{target}.lora_down.weight": down, f"{target}.lora_up.weight": up, f"{target}.alpha": torch.tensor(alpha)}
+    save_file(lcm, tmp_path / "lcm.safetensors")
+    style = {k.replace("attentions_0_proj_in", "attentions_1_proj_in"): v for k, v in lcm.items()}
+    save_file(style, tmp_path / "style.safetensors")
+    pipe = Live2DiffPipeline.from_files(root / "sd15", root / "live2diff.ckpt", taesd=root / "vae_approx",
+                                        lcm_lora=tmp_path / "lcm.safetensors",
+                                        loras=[(tmp_path / "style.safetensors", 0.5)], lora_mode="official")
+    delta = (up.flatten(1) @ down.flatten(1)).reshape(w.shape)
+    got0 = pipe.unet.down_blocks[0].attentions[0].proj_in.weight
+    torch.testing.assert_close(got0, w + alpha / rank * delta, atol=1e-6, rtol=0)
+    w1 = reference.unet.down_blocks[0].attentions[1].proj_in.weight
+    got1 = pipe.unet.down_blocks[0].attentions[1].proj_in.weight
+    torch.testing.assert_close(got1, w1 + 0.5 * delta, atol=1e-6, rtol=0)  # official: alpha ignored
+    # the cached reference model is untouched (loading never mutates another pipeline's weights)
+    assert not torch.equal(got0, w)
+
+
+def test_missing_files_name_the_folder(models, tmp_path):
+    root, _ = models
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        Live2DiffPipeline.from_files(root / "sd15", root / "live2diff.ckpt", taesd=tmp_path / "nothing_here")
+    with pytest.raises(FileNotFoundError, match="dpt"):
+        Live2DiffPipeline.from_files(root / "sd15", root / "live2diff.ckpt", taesd=root / "vae_approx",
+                                     depth=tmp_path / "dpt_hybrid_384.pt")
