@@ -99,3 +99,27 @@ def test_missing_files_name_the_folder(models, tmp_path):
     with pytest.raises(FileNotFoundError, match="dpt"):
         Live2DiffPipeline.from_files(root / "sd15", root / "live2diff.ckpt", taesd=root / "vae_approx",
                                      depth=tmp_path / "dpt_hybrid_384.pt")
+
+
+def test_cli_translates_a_folder_of_frames(models, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from live2diff_core.cli import main
+
+    root, _ = models
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(9):
+        Image.fromarray(rng.integers(0, 255, (40, 72, 3), dtype=np.uint8)).save(src / f"f{i:02d}.png")
+    out = tmp_path / "out"
+    rc = main(["--base", str(root / "sd15"), "--motion", str(root / "live2diff.ckpt"), "--taesd",
+               str(root / "vae_approx"), "--depth", str(root / "dpt-hybrid-midas"), "--input", str(src),
+               "--output", str(out), "--prompt", "a fox", "--width", "64", "--height", "64", "--device", "cpu"])
+    assert rc == 0
+    written = sorted(out.glob("*.png"))
+    assert len(written) == 9
+    assert Image.open(written[0]).size == (72, 40)
+    with pytest.raises(SystemExit):
+        main(["--base", "x", "--motion", "y", "--input", str(src), "--output", str(out)])  # no --depth/--no-depth

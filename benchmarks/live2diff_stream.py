@@ -1,0 +1,176 @@
+"""Live2Diff streaming benchmark: FPS, first-output latency and peak memory.
+
+Random weights in the real architectures (SD1.5 video UNet + motion modules, TAESD, CLIP ViT-L text encoder,
+DPT-Hybrid depth) or in tiny ones; nothing is downloaded. Weights do not change the timing.
+
+    python benchmarks/live2diff_stream.py --size tiny --frames 40
+    python benchmarks/live2diff_stream.py --size real --width 512 --height 512 --frames 4 --dtype float32   # CPU
+    python benchmarks/live2diff_stream.py --size real --frames 200 --dtype float16 --device cuda            # GPU
+
+Figures: the warm-up time is the first-output latency (the 8 warm-up outputs come back when the 8th input frame
+has been processed); steady-state FPS = 1 / median per-frame time over the streamed frames after the first
+``--skip`` ones. Results are printed and written as JSON to
+``benchmarks/results/live2diff_stream-<device>-<date>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _import_core():
+    """Import ``live2diff_core`` without putting the repository root on sys.path (see tests/conftest.py)."""
+    spec = importlib.util.spec_from_file_location("live2diff_core", REPO / "live2diff_core" / "__init__.py",
+                                                  submodule_search_locations=[str(REPO / "live2diff_core")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["live2diff_core"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_pipeline(size: str, dtype: torch.dtype, device: str, depth: bool):
+    core = _import_core()
+    from diffusers import AutoencoderTiny, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, DPTConfig, DPTForDepthEstimation
+
+    from live2diff_core.sd_checkpoint import SHIPPED_CONFIG_DIR, load_config
+
+    torch.manual_seed(0)
+    cfgdir = SHIPPED_CONFIG_DIR
+    if size == "real":
+        unet_cfg = load_config(cfgdir / "unet")
+        text_cfg = CLIPTextConfig.from_json_file(str(cfgdir / "text_encoder" / "config.json"))
+        dpt_cfg = json.loads((REPO / "live2diff_core" / "configs" / "dpt_hybrid" / "config.json").read_text())
+    else:
+        unet_cfg = dict(block_out_channels=(32, 64, 64, 64), cross_attention_dim=32, attention_head_dim=8,
+                        layers_per_block=2, norm_num_groups=32, sample_size=8,
+                        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+        text_cfg = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=12, num_attention_heads=4,
+                                  vocab_size=49408, max_position_embeddings=77)
+        dpt_cfg = None
+    with torch.device(device):
+        unet = core.VideoUNet(UNet2DConditionModel.from_config(unet_cfg))
+        text = CLIPTextModel(text_cfg)
+        taesd = AutoencoderTiny()
+        estimator = None
+        if depth and dpt_cfg is not None:
+            dpt_cfg = {k: v for k, v in dpt_cfg.items() if k not in ("model_type", "architectures")}
+            estimator = core.DepthEstimator(DPTForDepthEstimation(DPTConfig.from_dict(dpt_cfg)))
+    tok = CLIPTokenizer.from_pretrained(cfgdir / "tokenizer")
+    parts = [unet, text, taesd] + ([estimator] if estimator is not None else [])
+    for p in parts:
+        p.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return core.Live2DiffPipeline(unet, core.Vae(taesd), tok, text, estimator)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=["tiny", "real"], default="tiny")
+    ap.add_argument("--width", type=int, default=None, help="default: 512 real, 64 tiny")
+    ap.add_argument("--height", type=int, default=None)
+    ap.add_argument("--frames", type=int, default=24, help="streamed frames after the 8 warm-up frames")
+    ap.add_argument("--t-index", type=int, nargs="+", default=[30, 40], help="denoising steps (LCM indices)")
+    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--depth", choices=["estimator", "maps", "off"], default="estimator",
+                    help="built-in DPT-Hybrid (real size only), caller depth maps, or no depth prior")
+    ap.add_argument("--skip", type=int, default=3, help="streamed frames excluded from the steady state")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    default = 512 if args.size == "real" else 64
+    width, height = args.width or default, args.height or default
+    dtype = getattr(torch, args.dtype)
+    use_estimator = args.depth == "estimator" and args.size == "real"
+
+    t0 = time.perf_counter()
+    pipe = build_pipeline(args.size, dtype, args.device, use_estimator)
+    build_s = time.perf_counter() - t0
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+    g = torch.Generator().manual_seed(0)
+    total = 8 + args.frames
+    frames = torch.rand(total, height, width, 3, generator=g)
+    depth_maps = torch.rand(total, height, width, generator=g) if args.depth == "maps" or (
+        args.depth == "estimator" and not use_estimator) else None
+    pipe.start(prompt="a benchmark", width=width, height=height, t_index_list=tuple(args.t_index), seed=0,
+               use_depth=args.depth != "off")
+
+    _sync(args.device)
+    t = time.perf_counter()
+    pipe.warmup(frames[:8], None if depth_maps is None else depth_maps[:8])
+    _sync(args.device)
+    warmup_s = time.perf_counter() - t
+    per_frame: list[float] = []
+    first_stream_output_s = None
+    for i in range(8, total):
+        t = time.perf_counter()
+        out = pipe.step(frames[i:i + 1], None if depth_maps is None else depth_maps[i:i + 1])
+        _sync(args.device)
+        per_frame.append(time.perf_counter() - t)
+        if out is not None and first_stream_output_s is None:
+            first_stream_output_s = sum(per_frame)
+        print(f"frame {i}: {per_frame[-1] * 1000:.1f} ms", flush=True)
+    steady = per_frame[args.skip:] or per_frame
+    median = statistics.median(steady)
+    cache = pipe._stream.engine.cache
+    result = {
+        "script": "live2diff_stream",
+        "date": dt.date.today().isoformat(),
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "size": args.size,
+        "width": width,
+        "height": height,
+        "dtype": args.dtype,
+        "denoising_steps": len(args.t_index),
+        "depth": args.depth if args.depth != "estimator" or use_estimator else "maps",
+        "streamed_frames": args.frames,
+        "build_s": round(build_s, 3),
+        "first_output_latency_s": round(warmup_s, 4),
+        "first_streamed_output_s": None if first_stream_output_s is None else round(first_stream_output_s, 4),
+        "per_frame_median_ms": round(median * 1000, 2),
+        "per_frame_p90_ms": round(_percentile(steady, 90) * 1000, 2),
+        "per_frame_p99_ms": round(_percentile(steady, 99) * 1000, 2),
+        "fps": round(1.0 / median, 3),
+        "kv_cache_bytes": cache.nbytes,
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+    print(json.dumps(result, indent=2))
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = "cuda" if args.device.startswith("cuda") else "cpu"
+    path = args.out / f"live2diff_stream-{tag}-{args.size}-{result['date']}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
