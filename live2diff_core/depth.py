@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .weights_io import read_tensors
+
 __all__ = [
     "DEFAULT_DPT_HYBRID_CONFIG",
     "DepthEstimator",
@@ -289,58 +291,8 @@ def _build_config(cfg: dict):
     return config
 
 
-def _unwrap_checkpoint(obj: Any) -> Any:
-    for _ in range(4):
-        if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-            obj = obj["state_dict"]
-        elif isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-            obj = obj["model"]
-        else:
-            break
-    return obj
-
-
-def _corrupt(path: Path, err: BaseException) -> ValueError:
-    return ValueError(
-        f"Depth model file {str(path)!r} could not be read: it is truncated, corrupted or not a PyTorch/safetensors "
-        f"checkpoint ({type(err).__name__}: {str(err).strip()[:300]})"
-    )
-
-
-def _unsupported_global(err: BaseException) -> str:
-    m = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-    return f"unsupported global {m[1]}" if m else str(err).strip().splitlines()[0][:200]
-
-
 def _load_tensor_file(path: Path) -> dict[str, Any]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return dict(load_file(str(path), device="cpu"))
-        except Exception as err:  # safetensors raises its own error type for bad headers/short files
-            raise _corrupt(path, err) from err
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        # mmap needs the zip format; legacy (pre-1.6) pickles and odd files get a plain second attempt.
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as err:
-            if "unsupported global" in str(err).lower():  # a real pickle holding non-allowlisted classes
-                raise ValueError(
-                    f"Depth model file {str(path)!r} contains pickled objects that are not plain tensors and is not "
-                    "loaded for safety (torch.load(weights_only=True) refused it); re-save its state_dict with "
-                    f"torch.save or as .safetensors. ({_unsupported_global(err)})"
-                ) from err
-            raise _corrupt(path, err) from err
-    obj = _unwrap_checkpoint(obj)
-    if not isinstance(obj, Mapping):
-        raise ValueError(
-            f"Depth model file {str(path)!r} does not hold a state dict (found {type(obj).__name__}); "
-            f"expected {_EXPECTED_FILE}"
-        )
-    return dict(obj)
+    return read_tensors(path, what="depth model", wrappers=("state_dict", "model"))
 
 
 def _load_weight_files(path: Path) -> dict[str, Any]:
@@ -349,7 +301,7 @@ def _load_weight_files(path: Path) -> dict[str, Any]:
             index = json.loads(path.read_text(encoding="utf-8"))
             shards = sorted(set(index["weight_map"].values()))
         except Exception as err:
-            raise _corrupt(path, err) from err
+            raise ValueError(f"{path}: cannot read the shard index (truncated or corrupt?): {err}") from err
         sd: dict[str, Any] = {}
         for shard in shards:
             shard_path = path.parent / shard

@@ -18,8 +18,9 @@ from diffusers import UNet2DConditionModel
 from torch import Tensor
 
 from .motion_module import MotionModuleConfig
-from .sd_checkpoint import _fmt, _materialise, load_unet_state_dict, read_tensors, resolve_unet_config
+from .sd_checkpoint import _fmt, _materialise, load_unet_state_dict, resolve_unet_config
 from .video_unet import VideoUNet
+from .weights_io import read_tensors
 
 PathLike = str | os.PathLike
 
@@ -45,7 +46,7 @@ def read_motion_checkpoint(path: PathLike) -> dict[str, Tensor]:
 
     Like the official loader, keys containing ``grid`` are dropped; derived ``q_pe/k_pe/v_pe`` buffers are dropped.
     """
-    raw = read_tensors(path)
+    raw = read_tensors(path, what="Live2Diff motion checkpoint")
     out: dict[str, Tensor] = {}
     for key, value in raw.items():
         while key.startswith("module."):

@@ -66,6 +66,8 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from .weights_io import read_tensors, safetensors_metadata
+
 __all__ = ["LoraMergeReport", "load_lora_file", "merge_lora"]
 
 logger = logging.getLogger(__name__)
@@ -139,25 +141,8 @@ def load_lora_file(path: str | os.PathLike) -> dict[str, Tensor]:
     alphas are added as ``<prefix>.<module>.alpha`` entries so :func:`merge_lora` scales them as PEFT does.
     """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"LoRA file not found: {p}")
-    metadata: dict[str, str] = {}
-    try:
-        if p.suffix.lower() == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(p), framework="pt", device="cpu") as f:
-                metadata = dict(f.metadata() or {})
-                raw = {k: f.get_tensor(k) for k in f.keys()}
-        else:
-            raw = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"could not read LoRA file {p}: {type(exc).__name__}: {exc}") from exc
-    if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
-        raw = raw["state_dict"]
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"LoRA file {p} does not contain a state dict (got {type(raw).__name__})")
-    sd = {str(k): v for k, v in raw.items() if isinstance(v, Tensor)}
+    sd = read_tensors(p, what="LoRA")
+    metadata = safetensors_metadata(p)
     if not sd:
         raise ValueError(f"LoRA file {p} contains no tensors")
     _add_metadata_alphas(sd, metadata)

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .weights_io import SAFETENSORS_SUFFIXES, read_tensors
 
 __all__ = [
     "SHIPPED_CONFIG_DIR",
@@ -63,7 +64,6 @@ LDM_UNET_PREFIX = "model.diffusion_model."
 LDM_VAE_PREFIX = "first_stage_model."
 LDM_TEXT_PREFIX = "cond_stage_model.transformer."
 
-SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 
 _DIFFUSERS_WEIGHTS = (
     "diffusion_pytorch_model.safetensors",
@@ -76,60 +76,6 @@ _MAX_LISTED = 10
 
 
 # ----------------------------------------------------------------------------------------------------------- files
-def read_tensors(path: PathLike, prefixes: Iterable[str] | None = None) -> dict[str, Tensor]:
-    """All tensors of a weights file (or only those whose key starts with one of ``prefixes``), on CPU.
-
-    ``.safetensors`` files are read lazily (only the selected tensors); torch pickles are loaded with
-    ``weights_only=True`` (``mmap`` where the format allows it) and unwrapped from a ``state_dict`` entry.
-    Non-tensor entries (``global_step``, ...) are dropped. Raises ``FileNotFoundError`` / ``ValueError`` (see module
-    docstring).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path} (searched {path.parent})")
-    wanted = tuple(prefixes) if prefixes is not None else None
-
-    def keep(key: str) -> bool:
-        return wanted is None or key.startswith(wanted)
-
-    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                return {k: f.get_tensor(k) for k in f.keys() if keep(k)}
-        except Exception as exc:  # SafetensorError, OSError, ...
-            raise ValueError(
-                f"{path}: cannot read safetensors file (truncated or corrupt?): {type(exc).__name__}: {exc}"
-            ) from exc
-
-    obj = _torch_load(path)
-    while isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: not a weights file (the pickle holds a {type(obj).__name__}, not a state dict)")
-    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, Tensor) and keep(k)}
-
-
-def _torch_load(path: Path) -> Any:
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):  # legacy (non-zip) serialisation cannot be memory-mapped
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"{path}: cannot read the file with torch.load(weights_only=True): it is not a torch weights file or it "
-            f"pickles arbitrary Python objects (convert it to .safetensors): {exc}"
-        ) from exc
-    except Exception as exc:  # RuntimeError (bad zip), EOFError, ...
-        raise ValueError(
-            f"{path}: cannot read torch checkpoint (truncated or corrupt?): {type(exc).__name__}: {exc}"
-        ) from exc
-
-
 def _find_weights(folder: Path, names: tuple[str, ...]) -> list[Path] | None:
     """The weight file(s) of a diffusers/transformers component folder: a single file or the shards of an index."""
     for name in names:

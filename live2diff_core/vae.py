@@ -32,8 +32,8 @@ from .sd_checkpoint import (
     _materialise,
     _read_folder_weights,
     load_config,
-    read_tensors,
 )
+from .weights_io import read_tensors
 
 __all__ = ["TAESD_CONFIG_DIR", "load_taesd", "taesd_to_diffusers", "Vae"]
 
