@@ -98,3 +98,15 @@ def test_bad_input(pipe):
     no_estimator = Live2DiffPipeline(pipe.unet, pipe.vae, tok, text, None)
     with pytest.raises(ValueError, match="no depth estimator"):
         no_estimator(frames, "x", **SETTINGS)
+
+
+def test_similar_frame_filter_skips_without_advancing_the_cache(pipe):
+    frames = _video(9, seed=4)
+    pipe.start(prompt="x", similar_filter=True, similar_max_skip=2, **SETTINGS)
+    warm = pipe.warmup(frames[:8])
+    calls = pipe._stream.engine.cache.calls
+    first = pipe.step(frames[8:9])  # T=2: nothing out yet
+    assert first is None and pipe._stream.engine.cache.calls == calls + 1
+    skipped = pipe.step(frames[8:9])  # identical frame: skipped, the previous output is repeated
+    assert pipe._stream.engine.cache.calls == calls + 1
+    assert torch.equal(skipped, warm[-1:])
