@@ -82,7 +82,8 @@ class DenoiserCoefficients:
             return torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values]).view(shape).to(
                 device=device, dtype=dtype)
 
-        scalings = [scheduler.get_scalings_for_boundary_condition_discrete(t) for t in timesteps]
+        # int64 tensor timesteps, as the official pipeline passes them: the scalings are then computed in float32
+        scalings = [scheduler.get_scalings_for_boundary_condition_discrete(torch.tensor(t)) for t in timesteps]
         return cls(
             timesteps=torch.tensor(list(timesteps), dtype=torch.long, device=device),
             alpha_sqrt=col([acp[t].sqrt() for t in timesteps]),
