@@ -30,12 +30,15 @@ for _pkg in ("live2diff_core", "streaming_t2v_core"):
     _load_package(_pkg)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The test models are tiny: intra-op threads only add synchronisation, and on a loaded 2-core machine OpenMP
+# spinning can make a tiny forward 100x slower. One thread is as fast as two here when the machine is idle.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch
-
     skip_gpu = pytest.mark.skip(reason="needs CUDA (no GPU on this machine)")
     skip_int = pytest.mark.skip(reason="needs COMFYUI_DIR pointing at a ComfyUI checkout")
     for item in items:

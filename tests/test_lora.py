@@ -37,15 +37,6 @@ TE_FC1 = "encoder.layers.1.mlp.fc1"
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Hundreds of tiny matmuls: intra-op threading only adds sync overhead (and stalls on a loaded CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def base_unet():
     from diffusers import UNet2DConditionModel
