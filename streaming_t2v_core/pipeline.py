@@ -106,12 +106,13 @@ class StreamingT2VPipeline:
     @classmethod
     def from_files(cls, modelscope: PathLike, checkpoint: PathLike, *, image_encoder: PathLike | None = None,
                    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                   base_config: Any = None) -> "StreamingT2VPipeline":
+                   base_config: Any = None, image_encoder_config: Any = None) -> "StreamingT2VPipeline":
         """``modelscope``: the ModelScope text-to-video diffusers folder (``unet/``, ``text_encoder/``,
         ``tokenizer/``, ``vae/``). ``checkpoint``: the official ``streaming_t2v.ckpt`` or the converted
         ``<name>.base.safetensors``. ``image_encoder``: OpenCLIP ViT-H/14 weights (ComfyUI ``clip_vision`` file or
         the converted ``<name>.image_encoder.safetensors``); default: the converted sibling of ``checkpoint``, else
-        the ``image_encoder.`` part of the official checkpoint."""
+        the ``image_encoder.`` part of the official checkpoint. ``base_config``/``image_encoder_config``: configs
+        for non-standard sizes (default: the shipped ModelScope UNet3D and ViT-H/14 ones)."""
         from diffusers import AutoencoderKL, UNet3DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -134,7 +135,7 @@ class StreamingT2VPipeline:
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
         vae = AutoencoderKL.from_pretrained(folder / "vae", **kw).to(device).eval()
         model = load_model(ckpt, base_config=base_config, dtype=dtype, device=device)
-        encoder = load_image_encoder(image_encoder, dtype=dtype, device=device)
+        encoder = load_image_encoder(image_encoder, dtype=dtype, device=device, config=image_encoder_config)
         sched = folder / "scheduler" / "scheduler_config.json"
         config = json.loads(sched.read_text()) if sched.is_file() else None
         return cls(model, first_unet, text_encoder, tokenizer, vae, encoder, config)

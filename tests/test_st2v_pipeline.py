@@ -1,0 +1,155 @@
+"""StreamingT2V generation: chunk plan, exact lengths, prompt schedules, bounded memory, from_files."""
+from __future__ import annotations
+
+import gc
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from st2v_tiny import TINY_ST2V_UNET_CONFIG, tiny_st2v_model
+
+from streaming_t2v_core.pipeline import StreamingT2VPipeline, chunk_plan, expand_prompts
+
+TOKENIZER = Path(__file__).resolve().parents[1] / "live2diff_core" / "configs" / "sd15" / "tokenizer"
+TINY_TEXT = dict(hidden_size=1024, intermediate_size=64, num_hidden_layers=1, num_attention_heads=16,
+                 vocab_size=49408, max_position_embeddings=77)
+TINY_VIT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=56,
+                patch_size=14, projection_dim=1024)
+TINY_VAE = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+FAST = dict(height=64, width=64, first_steps=2, steps=2)
+
+
+def _components(seed: int = 0):
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, \
+        CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    first = UNet3DConditionModel(**TINY_ST2V_UNET_CONFIG).eval()
+    text = CLIPTextModel(CLIPTextConfig(**TINY_TEXT)).eval()
+    vae = AutoencoderKL(**TINY_VAE).eval()
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_VIT)).eval()
+    tok = CLIPTokenizer.from_pretrained(TOKENIZER)
+    return dict(model=tiny_st2v_model(seed), first_unet=first, text_encoder=text, tokenizer=tok, vae=vae,
+                vision=vision)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return _components()
+
+
+@pytest.fixture(scope="module")
+def pipe(parts):
+    from streaming_t2v_core.image_encoder import ImageEncoder
+
+    return StreamingT2VPipeline(parts["model"], parts["first_unet"], parts["text_encoder"], parts["tokenizer"],
+                                parts["vae"], ImageEncoder(parts["vision"]))
+
+
+def test_chunk_plan_and_prompt_schedule():
+    assert chunk_plan(16) == (0, 16) and chunk_plan(24) == (1, 24) and chunk_plan(30) == (2, 32)
+    assert chunk_plan(80) == (8, 80) and chunk_plan(1200) == (148, 1200) and chunk_plan(3) == (0, 16)
+    assert expand_prompts(["a", "b"], 4) == ["a", "b", "b", "b"]
+    assert expand_prompts("a", 2) == ["a", "a"]
+    with pytest.raises(ValueError):
+        chunk_plan(0)
+    with pytest.raises(ValueError):
+        expand_prompts([], 2)
+
+
+@pytest.mark.parametrize("n, sizes", [(5, [5]), (16, [16]), (24, [16, 8]), (30, [16, 8, 6])])
+def test_exact_lengths_and_chunk_boundaries(pipe, n, sizes):
+    g = torch.Generator().manual_seed(0)
+    chunks = list(pipe.generate("a cat", n, generator=g, **FAST))
+    assert [c.shape[0] for c in chunks] == sizes
+    assert all(c.shape[1:] == (64, 64, 3) and c.dtype == torch.float32 for c in chunks)
+    video = torch.cat(chunks)
+    assert 0 <= video.min() and video.max() <= 1 and torch.isfinite(video).all()
+
+
+def test_seeded_reproducible_and_prompt_schedule_used(pipe, monkeypatch):
+    a = pipe("a cat", 24, generator=torch.Generator().manual_seed(1), **FAST)
+    b = pipe("a cat", 24, generator=torch.Generator().manual_seed(1), **FAST)
+    c = pipe("a cat", 24, generator=torch.Generator().manual_seed(2), **FAST)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    seen = []
+    original = pipe.encode_text
+    monkeypatch.setattr(pipe, "encode_text", lambda prompts: seen.append(list(prompts)) or original(prompts))
+    calls = []
+    list(pipe.generate(["p0", "p1"], 32, generator=torch.Generator().manual_seed(1),
+                       callback=lambda d, t: calls.append((d, t)), negative_prompt="blurry", **FAST))
+    assert seen == [["blurry"], ["p0"], ["p1"], ["p1"]]
+    assert calls[-1] == (2 + 2 * 2, 2 + 2 * 2) and len(calls) == 6
+
+
+def test_first_chunk_supplied_and_cancel(pipe):
+    first = torch.rand(16, 64, 64, 3, generator=torch.Generator().manual_seed(3))
+    chunks = list(pipe.generate("x", 24, first_chunk=first, generator=torch.Generator().manual_seed(0), **FAST))
+    assert torch.equal(chunks[0], first)
+
+    def cancel(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        list(pipe.generate("x", 24, callback=cancel, **FAST))
+
+
+def test_bad_input(pipe):
+    with pytest.raises(ValueError, match="multiple of 64"):
+        list(pipe.generate("x", 24, **{**FAST, "height": 100}))
+    with pytest.raises(ValueError, match="num_frames"):
+        list(pipe.generate("x", 0, **FAST))
+    with pytest.raises(ValueError, match="first_chunk"):
+        list(pipe.generate("x", 24, first_chunk=torch.zeros(8, 64, 64, 3), **FAST))
+
+
+def _live_frame_elements() -> int:
+    gc.collect()
+    return sum(t.numel() for t in gc.get_objects()
+               if isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[-1] == 3)
+
+
+def test_bounded_memory_64_vs_256_frames(pipe):
+    """The generator holds the previous chunk and the anchor only: the frame memory alive while streaming 256
+    frames is the same as for 64."""
+    first = torch.rand(16, 64, 64, 3, generator=torch.Generator().manual_seed(4))
+    fast = {**FAST, "steps": 1}
+
+    def peak(frames: int) -> tuple[int, int]:
+        total, most = 0, 0
+        for chunk in pipe.generate("x", frames, first_chunk=first.clone(), generator=torch.Generator(), **fast):
+            total += chunk.shape[0]
+            del chunk
+            most = max(most, _live_frame_elements())
+        return total, most
+
+    small, big = peak(64), peak(256)
+    assert small[0] == 64 and big[0] == 256
+    assert big[1] == small[1]
+
+
+def test_from_files(parts, pipe, tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "text-to-video-ms"
+    parts["first_unet"].save_pretrained(folder / "unet")
+    parts["text_encoder"].save_pretrained(folder / "text_encoder")
+    parts["vae"].save_pretrained(folder / "vae")
+    shutil.copytree(TOKENIZER, folder / "tokenizer")
+    sd = parts["model"].state_dict()
+    for part, prefix in (("base", "base_model."), ("cam", "unet."), ("apm", "resampler.")):
+        save_file({k[len(prefix):]: v.contiguous() for k, v in sd.items() if k.startswith(prefix)},
+                  tmp_path / f"st2v.{part}.safetensors")
+    parts["vision"].save_pretrained(tmp_path / "clip_vision")
+    loaded = StreamingT2VPipeline.from_files(folder, tmp_path / "st2v.base.safetensors",
+                                             image_encoder=tmp_path / "clip_vision" / "model.safetensors",
+                                             base_config=TINY_ST2V_UNET_CONFIG, image_encoder_config=TINY_VIT)
+    a = loaded("a cat", 24, generator=torch.Generator().manual_seed(5), **FAST)
+    b = pipe("a cat", 24, generator=torch.Generator().manual_seed(5), **FAST)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    with pytest.raises(FileNotFoundError, match="no vae/"):
+        shutil.rmtree(folder / "vae")
+        StreamingT2VPipeline.from_files(folder, tmp_path / "st2v.base.safetensors")
