@@ -150,6 +150,19 @@ def test_from_files(parts, pipe, tmp_path):
     a = loaded("a cat", 24, generator=torch.Generator().manual_seed(5), **FAST)
     b = pipe("a cat", 24, generator=torch.Generator().manual_seed(5), **FAST)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+    import json
+
+    from streaming_t2v_core.cli import main
+
+    (tmp_path / "base.json").write_text(json.dumps(TINY_ST2V_UNET_CONFIG))
+    (tmp_path / "vit.json").write_text(json.dumps(TINY_VIT))
+    out = tmp_path / "frames"
+    rc = main(["--modelscope", str(folder), "--checkpoint", str(tmp_path / "st2v.base.safetensors"),
+               "--image-encoder", str(tmp_path / "clip_vision" / "model.safetensors"), "--base-config",
+               str(tmp_path / "base.json"), "--image-encoder-config", str(tmp_path / "vit.json"),
+               "--prompt", "a cat", "--frames", "20", "--steps", "1", "--first-steps", "1", "--size", "64", "--output", str(out), "--device", "cpu"])
+    assert rc == 0 and len(list(out.glob("*.png"))) == 20
     with pytest.raises(FileNotFoundError, match="no vae/"):
         shutil.rmtree(folder / "vae")
         StreamingT2VPipeline.from_files(folder, tmp_path / "st2v.base.safetensors")
