@@ -16,7 +16,6 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .kv_cache import KVCache
 from .scheduler import DenoiserCoefficients, make_lcm_scheduler, select_timesteps
 from .video_unet import VideoUNet
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .weights_io import SAFETENSORS_SUFFIXES, read_tensors
+from .weights_io import read_tensors
 
 __all__ = [
     "SHIPPED_CONFIG_DIR",

@@ -7,7 +7,19 @@ Same block structure as the real ModelScope UNet3D (cross-attention down block +
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+#: the CLIP BPE tokenizer the pack ships (the ModelScope text encoder uses the same vocabulary)
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "live2diff_core" / "configs" / "sd15" / "tokenizer"
+
+
+def clip_tokenizer(max_length: int = 77):
+    """The shipped CLIP tokenizer (49408 tokens, <|startoftext|> 49406, <|endoftext|> 49407)."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(TOKENIZER_DIR, model_max_length=max_length)
 
 TINY_ST2V_UNET_CONFIG = dict(
     in_channels=4,

@@ -1,11 +1,11 @@
 """StreamingT2V metrics: MAWE (official formula and forward-splat warp), SCuts, CLIP score."""
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
+from st2v_tiny import clip_tokenizer
 
 from streaming_t2v_core import metrics as M
 
@@ -157,40 +157,14 @@ def test_scene_cuts_finds_hard_cut_and_none_in_smooth_clip():
 # --------------------------------------------------------------------------------------------------------
 
 
-def _bytes_to_unicode() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def tiny_clip_tokenizer(tmp_path):
-    """Byte-level CLIP tokenizer with no merges (514 tokens), written at test time."""
-    from transformers import CLIPTokenizer
-
-    chars = _bytes_to_unicode()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
-
-
 def tiny_clip_model(seed: int = 0):
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(seed)
     cfg = CLIPConfig(
         text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                         vocab_size=514, max_position_embeddings=77, bos_token_id=512, eos_token_id=513,
-                         pad_token_id=513),
+                         vocab_size=49408, max_position_embeddings=77, bos_token_id=49406,
+                         eos_token_id=49407, pad_token_id=49407),
         vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                            image_size=32, patch_size=8),
         projection_dim=16,
@@ -199,7 +173,7 @@ def tiny_clip_model(seed: int = 0):
 
 
 def test_clip_score_tiny_model_deterministic(tmp_path):
-    tok = tiny_clip_tokenizer(tmp_path)
+    tok = clip_tokenizer()
     model = tiny_clip_model()
     frames = panning_clip(5, 40, 48, step=2)
     s1 = M.clip_score(frames, "a cat running", model, tok, batch_size=2)

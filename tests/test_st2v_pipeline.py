@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import gc
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
-from st2v_tiny import TINY_ST2V_UNET_CONFIG, tiny_st2v_model
+from st2v_tiny import TINY_ST2V_UNET_CONFIG, TOKENIZER_DIR, clip_tokenizer, tiny_st2v_model
 
 from streaming_t2v_core.pipeline import StreamingT2VPipeline, chunk_plan, expand_prompts
 
-TOKENIZER = Path(__file__).resolve().parents[1] / "live2diff_core" / "configs" / "sd15" / "tokenizer"
 TINY_TEXT = dict(hidden_size=1024, intermediate_size=64, num_hidden_layers=1, num_attention_heads=16,
                  vocab_size=49408, max_position_embeddings=77)
 TINY_VIT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=56,
@@ -23,15 +21,14 @@ FAST = dict(height=64, width=64, first_steps=2, steps=2)
 
 def _components(seed: int = 0):
     from diffusers import AutoencoderKL, UNet3DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, \
-        CLIPVisionModelWithProjection
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
     first = UNet3DConditionModel(**TINY_ST2V_UNET_CONFIG).eval()
     text = CLIPTextModel(CLIPTextConfig(**TINY_TEXT)).eval()
     vae = AutoencoderKL(**TINY_VAE).eval()
     vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_VIT)).eval()
-    tok = CLIPTokenizer.from_pretrained(TOKENIZER)
+    tok = clip_tokenizer()
     return dict(model=tiny_st2v_model(seed), first_unet=first, text_encoder=text, tokenizer=tok, vae=vae,
                 vision=vision)
 
@@ -138,7 +135,7 @@ def test_from_files(parts, pipe, tmp_path):
     parts["first_unet"].save_pretrained(folder / "unet")
     parts["text_encoder"].save_pretrained(folder / "text_encoder")
     parts["vae"].save_pretrained(folder / "vae")
-    shutil.copytree(TOKENIZER, folder / "tokenizer")
+    shutil.copytree(TOKENIZER_DIR, folder / "tokenizer")
     sd = parts["model"].state_dict()
     for part, prefix in (("base", "base_model."), ("cam", "unet."), ("apm", "resampler.")):
         save_file({k[len(prefix):]: v.contiguous() for k, v in sd.items() if k.startswith(prefix)},

@@ -2,10 +2,10 @@
 preparation (resize + pad + crop), frame counts and end-to-end runs on tiny random models."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
+from st2v_tiny import clip_tokenizer
 from diffusers import (AutoencoderKL, AutoencoderTiny, DDIMScheduler, DPMSolverMultistepScheduler,
                        EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, UNet3DConditionModel)
 
@@ -60,36 +60,16 @@ class IdentityVAE(torch.nn.Module):
         return Out()
 
 
-def _bytes_to_unicode() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 @pytest.fixture(scope="module")
-def text_parts(tmp_path_factory):
-    """(byte-level CLIP tokenizer written at test time, tiny CLIP text model with hidden size 32)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def text_parts():
+    """(the shipped CLIP tokenizer cut to 16 tokens, tiny CLIP text model with hidden size 32)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    d = tmp_path_factory.mktemp("tok")
-    chars = _bytes_to_unicode()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), model_max_length=16)
+    tok = clip_tokenizer(16)
     torch.manual_seed(0)
     te = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                      num_attention_heads=4, vocab_size=514, max_position_embeddings=16,
-                                      bos_token_id=512, eos_token_id=513, pad_token_id=513)).eval()
+                                      num_attention_heads=4, vocab_size=49408, max_position_embeddings=16,
+                                      bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)).eval()
     return tok, te
 
 
