@@ -15,33 +15,19 @@ has been processed); steady-state FPS = 1 / median per-frame time over the strea
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import importlib.util
 import json
-import platform
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _import_core():
-    """Import ``live2diff_core`` without putting the repository root on sys.path (see tests/conftest.py)."""
-    spec = importlib.util.spec_from_file_location("live2diff_core", REPO / "live2diff_core" / "__init__.py",
-                                                  submodule_search_locations=[str(REPO / "live2diff_core")])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["live2diff_core"] = module
-    spec.loader.exec_module(module)
-    return module
+from common import REPO, RESULTS, device_name, import_package, sync, write_result
 
 
 def build_pipeline(size: str, dtype: torch.dtype, device: str, depth: bool):
-    core = _import_core()
+    core = import_package("live2diff_core")
     from diffusers import AutoencoderTiny, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, DPTConfig, DPTForDepthEstimation
 
@@ -76,11 +62,6 @@ def build_pipeline(size: str, dtype: torch.dtype, device: str, depth: bool):
     return core.Live2DiffPipeline(unet, core.Vae(taesd), tok, text, estimator)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _percentile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
@@ -99,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="built-in DPT-Hybrid (real size only), caller depth maps, or no depth prior")
     ap.add_argument("--skip", type=int, default=3, help="streamed frames excluded from the steady state")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,17 +103,17 @@ def main(argv: list[str] | None = None) -> dict:
     pipe.start(prompt="a benchmark", width=width, height=height, t_index_list=tuple(args.t_index), seed=0,
                use_depth=args.depth != "off")
 
-    _sync(args.device)
+    sync(args.device)
     t = time.perf_counter()
     pipe.warmup(frames[:8], None if depth_maps is None else depth_maps[:8])
-    _sync(args.device)
+    sync(args.device)
     warmup_s = time.perf_counter() - t
     per_frame: list[float] = []
     first_stream_output_s = None
     for i in range(8, total):
         t = time.perf_counter()
         out = pipe.step(frames[i:i + 1], None if depth_maps is None else depth_maps[i:i + 1])
-        _sync(args.device)
+        sync(args.device)
         per_frame.append(time.perf_counter() - t)
         if out is not None and first_stream_output_s is None:
             first_stream_output_s = sum(per_frame)
@@ -142,8 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     cache = pipe._stream.engine.cache
     result = {
         "script": "live2diff_stream",
-        "date": dt.date.today().isoformat(),
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": device_name(args.device),
         "torch": torch.__version__,
         "size": args.size,
         "width": width,
@@ -163,12 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
-    print(json.dumps(result, indent=2))
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = "cuda" if args.device.startswith("cuda") else "cpu"
-    path = args.out / f"live2diff_stream-{tag}-{args.size}-{result['date']}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(result, "live2diff_stream", args.device, args.size, args.out)
     return result
 
 

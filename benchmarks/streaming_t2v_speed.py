@@ -14,28 +14,14 @@ time of the extension chunks / their new frames (8 per chunk). Results are print
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import importlib.util
 import json
-import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _import_core():
-    """Import ``streaming_t2v_core`` without putting the repository root on sys.path."""
-    spec = importlib.util.spec_from_file_location("streaming_t2v_core", REPO / "streaming_t2v_core" / "__init__.py",
-                                                  submodule_search_locations=[str(REPO / "streaming_t2v_core")])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["streaming_t2v_core"] = module
-    spec.loader.exec_module(module)
-    return module
+from common import REPO, RESULTS, device_name, import_package, sync, write_result
 
 
 TINY_UNET = dict(block_out_channels=(64, 128), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
@@ -44,7 +30,7 @@ TINY_UNET = dict(block_out_channels=(64, 128), down_block_types=("CrossAttnDownB
 
 
 def build(size: str, dtype: torch.dtype, device: str):
-    _import_core()
+    import_package("streaming_t2v_core")
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, \
         CLIPVisionModelWithProjection
@@ -81,11 +67,6 @@ def build(size: str, dtype: torch.dtype, device: str):
     return StreamingT2VPipeline(model, first, text, tok, vae, ImageEncoder(vision))
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["tiny", "real"], default="tiny")
@@ -98,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--refiner-size", type=int, nargs=2, default=None, metavar=("W", "H"),
                     help="refiner target size (default 1280 720 real, 128 64 tiny)")
     ap.add_argument("--refiner-steps", type=int, default=None)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     steps = args.steps or (50 if args.size == "real" else 4)
     res = args.resolution or (256 if args.size == "real" else 64)
@@ -115,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     t = time.perf_counter()
     for i, chunk in enumerate(pipe.generate("a benchmark", args.frames, first_chunk=first, steps=steps,
                                             height=res, width=res, generator=torch.Generator().manual_seed(0))):
-        _sync(args.device)
+        sync(args.device)
         now = time.perf_counter()
         if i:
             chunk_times.append(now - t)
@@ -125,9 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     new_frames = sum(c.shape[0] for c in frames_out[1:])
     result = {
         "script": "streaming_t2v_speed",
-        "date": dt.date.today().isoformat(),
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda")
-        else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": device_name(args.device),
         "torch": torch.__version__,
         "size": args.size,
         "resolution": res,
@@ -153,11 +132,11 @@ def main(argv: list[str] | None = None) -> dict:
                                          pipe.tokenizer)
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        _sync(args.device)
+        sync(args.device)
         t = time.perf_counter()
         out = refiner.refine(video, "a benchmark", num_inference_steps=ref_steps, target_size=size,
                              generator=torch.Generator().manual_seed(0))
-        _sync(args.device)
+        sync(args.device)
         result["refiner"] = {
             "target_size": list(size),
             "steps": ref_steps,
@@ -165,12 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
             "seconds_per_frame": round((time.perf_counter() - t) / out.shape[0], 4),
             "peak_gpu_bytes": torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None,
         }
-    print(json.dumps(result, indent=2))
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = "cuda" if args.device.startswith("cuda") else "cpu"
-    path = args.out / f"streaming_t2v_speed-{tag}-{args.size}-{result['date']}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(result, "streaming_t2v_speed", args.device, args.size, args.out)
     return result
 
 
