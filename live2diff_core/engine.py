@@ -11,7 +11,8 @@ noise tensors explicitly.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -83,6 +84,21 @@ class StreamEngine:
         """Forget the stream (cache and in-flight frames); the next call must be :meth:`warmup`."""
         self.cache.reset()
         self._reset_buffers()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run several :meth:`step` calls atomically: if the block raises (an error, or an interrupt), the stream
+        (KV cache contents and counters, in-flight latents) is restored exactly as it was before the block."""
+        state = (self._x_buf, self._d_buf, self._finished, self._uses_depth)
+        self.cache.begin()
+        try:
+            yield
+        except BaseException:
+            self.cache.rollback()
+            self._x_buf, self._d_buf, self._finished, self._uses_depth = state
+            raise
+        else:
+            self.cache.commit()
 
     def noise(self, shape: Sequence[int]) -> Tensor:
         """A standard-normal draw from the engine's generator (on the generator's device, then moved)."""

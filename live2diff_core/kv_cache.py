@@ -55,6 +55,8 @@ class KVCache:
     filled: list[int] = field(default_factory=list)
     occupied: list[bool] = field(default_factory=list)
     calls: int = 0
+    _journal: list | None = field(default=None, repr=False)
+    _saved: tuple | None = field(default=None, repr=False)
 
     # ---------------------------------------------------------------- creation
     @classmethod
@@ -140,6 +142,32 @@ class KVCache:
     def _check_row(self, row: int) -> None:
         if not 0 <= row < self.num_steps:
             raise IndexError(f"cache row {row} out of range (the cache has {self.num_steps} rows)")
+
+    # ---------------------------------------------------------------- transactions
+    def begin(self) -> None:
+        """Start recording: until :meth:`commit`, every slot a streaming call overwrites is saved first, so
+        :meth:`rollback` can restore the cache exactly (the evicted ring-buffer entries included)."""
+        self._journal = []
+        self._saved = (list(self.warm), list(self.filled), list(self.occupied), self.calls)
+
+    def record(self, layer_index: int, rows: Tensor, slots: Tensor) -> None:
+        """Save ``layers[layer_index][rows, :, :, slots]`` before it is overwritten (no-op outside a
+        transaction)."""
+        if self._journal is not None:
+            self._journal.append((layer_index, rows, slots, self.layers[layer_index][rows, :, :, slots].clone()))
+
+    def rollback(self) -> None:
+        """Undo everything since :meth:`begin`."""
+        if self._journal is None:
+            raise RuntimeError("rollback() without begin()")
+        for layer_index, rows, slots, data in reversed(self._journal):
+            self.layers[layer_index][rows, :, :, slots] = data
+        self.warm, self.filled, self.occupied, self.calls = self._saved
+        self._journal = self._saved = None
+
+    def commit(self) -> None:
+        """Keep everything since :meth:`begin` and stop recording."""
+        self._journal = self._saved = None
 
     # ---------------------------------------------------------------- tables
     def next_occupancy(self, head_active: bool = True) -> list[bool]:

@@ -145,6 +145,7 @@ class TemporalSelfAttention(nn.Module):
         layer = ctx.cache.layers[self.layer_index]  # [T, 2, hw, W, C]
         rows = tables.active_rows
         slots = tables.write_slot[rows]
+        ctx.cache.record(self.layer_index, rows, slots)
         layer[rows, 0, :, slots] = k[rows, :, 0]
         layer[rows, 1, :, slots] = v[rows, :, 0]
         keys = layer[:, 0] + k_pe[tables.key_pos][:, None]  # [T, hw, W, C]

@@ -114,3 +114,35 @@ def test_engine_rejects_bad_input(unet64):
         e.step(torch.zeros(1, 4, 16, 16, dtype=torch.float64), d[:1])
     with pytest.raises(ValueError, match="t_index_list"):
         StreamEngine(unet64, text, H, W, t_index_list=(40, 30))
+
+
+@torch.no_grad()
+def test_transaction_rolls_back_a_failed_run_exactly(unet64):
+    """An interrupt in the middle of a multi-frame run leaves the stream exactly as before the run (the evicted
+    ring-buffer slots included), and continuing afterwards equals a run that never failed."""
+    z, d, text = _frames(30, seed=8)
+    noise = [torch.randn(2, 4, H, W, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+             for i in range(30)]
+
+    def engine():
+        e = StreamEngine(unet64, text, H, W, t_index_list=(30, 40))
+        e.warmup(z[:8], d[:8], noise=torch.zeros(2, 8, 4, H, W, dtype=torch.float64))
+        for f in range(8, 20):  # past the window: later writes evict ring-buffer slots
+            e.step(z[f:f + 1], d[f:f + 1], noise=noise[f])
+        return e
+
+    clean, failed = engine(), engine()
+    before = failed.cache.clone()
+    with pytest.raises(KeyboardInterrupt):
+        with failed.transaction():
+            for f in range(20, 26):
+                failed.step(z[f:f + 1], d[f:f + 1], noise=noise[f])
+                if f == 24:
+                    raise KeyboardInterrupt
+    assert failed.cache.filled == before.filled and failed.cache.calls == before.calls
+    assert all(torch.equal(a, b) for a, b in zip(failed.cache.layers, before.layers))
+    for f in range(20, 26):
+        with failed.transaction():
+            a = failed.step(z[f:f + 1], d[f:f + 1], noise=noise[f])
+        b = clean.step(z[f:f + 1], d[f:f + 1], noise=noise[f])
+        assert torch.equal(a, b)
