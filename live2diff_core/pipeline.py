@@ -206,14 +206,36 @@ class Live2DiffPipeline:
     def is_streaming(self) -> bool:
         return self._stream is not None and self._stream.engine.is_warm
 
-    def start(self, settings: StreamSettings | None = None, **overrides: Any) -> StreamSettings:
-        """Configure a new stream (prompt, size, steps, ...); the next call must be :meth:`warmup`."""
+    @property
+    def stream_state(self) -> Any:
+        """The current stream (engine, KV cache, settings); assign a saved one to continue that stream. Lets one
+        loaded pipeline serve several independent streams."""
+        return self._stream
+
+    @stream_state.setter
+    def stream_state(self, state: Any) -> None:
+        self._stream = state
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str, clip_layer: int = 10) -> Tensor:
+        """``[1, 77, D]`` prompt embeddings at the official CLIP layer."""
+        return encode_prompt(self.tokenizer, self.text_encoder, prompt, clip_layer=clip_layer)
+
+    def start(self, settings: StreamSettings | None = None, *, prompt_embeds: Tensor | None = None,
+              **overrides: Any) -> StreamSettings:
+        """Configure a new stream (prompt or ``prompt_embeds [1,77,D]``, size, steps, ...); the next call must be
+        :meth:`warmup`."""
         s = StreamSettings(**{**(settings.__dict__ if settings else {}), **overrides})
         s.validate()
         generator = None
         if s.seed is not None:
             generator = torch.Generator(self.device).manual_seed(int(s.seed))
-        text = encode_prompt(self.tokenizer, self.text_encoder, s.prompt, clip_layer=s.clip_layer)
+        if prompt_embeds is not None:
+            if prompt_embeds.dim() != 3 or prompt_embeds.shape[0] != 1:
+                raise ValueError(f"prompt_embeds must be [1, 77, D], got {tuple(prompt_embeds.shape)}")
+            text = prompt_embeds.to(self.device)
+        else:
+            text = self.encode_prompt(s.prompt, s.clip_layer)
         engine = StreamEngine(self.unet, text.to(self.dtype), s.height // 8, s.width // 8,
                               t_index_list=s.t_index_list, strength=s.strength,
                               num_inference_steps=s.num_inference_steps, window=s.window, sinks=s.sinks,
@@ -281,7 +303,8 @@ class Live2DiffPipeline:
     # ------------------------------------------------------------------ whole clips
     @torch.no_grad()
     def __call__(self, frames: Tensor, prompt: str | None = None, *, depth_maps: Tensor | None = None,
-                 callback: ProgressCallback | None = None, **settings: Any) -> Tensor:
+                 callback: ProgressCallback | None = None, prompt_embeds: Tensor | None = None,
+                 **settings: Any) -> Tensor:
         """Translate a whole clip: ``N >= 8`` frames ``[N, H, W, 3]`` in, ``N`` frames out (same size).
 
         ``callback(done, total)`` is called after the warm-up and after every frame; raising from it cancels.
@@ -291,7 +314,7 @@ class Live2DiffPipeline:
         settings["similar_filter"] = False
         if prompt is not None:
             settings["prompt"] = prompt
-        s = self.start(**settings)
+        s = self.start(prompt_embeds=prompt_embeds, **settings)
         n = frames.shape[0]
         if n < s.sinks:
             raise ValueError(f"need at least {s.sinks} frames for the warm-up, got {n}")

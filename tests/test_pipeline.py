@@ -110,3 +110,12 @@ def test_similar_frame_filter_skips_without_advancing_the_cache(pipe):
     skipped = pipe.step(frames[8:9])  # identical frame: skipped, the previous output is repeated
     assert pipe._stream.engine.cache.calls == calls + 1
     assert torch.equal(skipped, warm[-1:])
+
+
+def test_prompt_embeds_equal_prompt(pipe):
+    frames = _video(9, seed=5)
+    a = pipe(frames, "a red fox", **SETTINGS)
+    b = pipe(frames, prompt_embeds=pipe.encode_prompt("a red fox"), **SETTINGS)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="prompt_embeds"):
+        pipe(frames, prompt_embeds=torch.zeros(77, 32), **SETTINGS)
