@@ -96,6 +96,11 @@ class VideoUNet(nn.Module):
             geometry += [LayerGeometry(h * w, channels)] * len(module.attention_layers)
         return geometry
 
+    def cache_bytes(self, num_steps: int, height: int, width: int, *, window: int = 16) -> int:
+        """Size in bytes of :meth:`new_cache` for these arguments (to reserve memory before allocating it)."""
+        per_slot = sum(g.tokens * g.channels for g in self._geometry(height, width))
+        return num_steps * 2 * window * per_slot * self.dtype.itemsize
+
     def new_cache(self, num_steps: int, height: int, width: int, *, window: int = 16, sinks: int = 8) -> KVCache:
         """A zeroed KV cache for ``num_steps`` denoising rows at latent size ``height x width``."""
         return KVCache.create(self._geometry(height, width), num_steps, window=window, sinks=sinks,

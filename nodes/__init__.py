@@ -7,9 +7,13 @@ import logging
 
 from comfy_api.latest import ComfyExtension, io
 
+from . import paths
+
 log = logging.getLogger(__name__)
 
-_NODE_MODULES = ()  # filled as node modules land: (".live2diff_nodes", ".streaming_t2v_nodes", ...)
+_NODE_MODULES = (".live2diff_nodes",)
+
+paths.register_folders()
 
 
 def _collect_nodes() -> list[type[io.ComfyNode]]:
@@ -24,10 +28,33 @@ def _collect_nodes() -> list[type[io.ComfyNode]]:
     return nodes
 
 
+def _register_routes() -> None:
+    """``GET /stream_video/cache`` (models and sessions the pack holds), ``DELETE /stream_video/sessions``."""
+    try:
+        from aiohttp import web
+        from server import PromptServer
+    except Exception:  # not running inside the ComfyUI server
+        return
+    if PromptServer.instance is None:
+        return
+    from . import model_cache, sessions
+
+    routes = PromptServer.instance.routes
+
+    @routes.get("/stream_video/cache")
+    async def _cache(request):
+        return web.json_response({"models": model_cache.listing(), "sessions": sessions.listing()})
+
+    @routes.delete("/stream_video/sessions")
+    async def _sessions(request):
+        return web.json_response({"removed": sessions.reset(None)})
+
+
 class StreamVideoExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return _collect_nodes()
 
 
 async def comfy_entrypoint() -> StreamVideoExtension:
+    _register_routes()
     return StreamVideoExtension()

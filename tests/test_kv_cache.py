@@ -19,7 +19,7 @@ def test_real_size_cache_geometry_matches_official():
     assert len(cache.layers) == 40
     assert cache.layers[0].shape == (2, 2, 4096, 16, 320)
     assert cache.layers[12].shape == (2, 2, 64, 16, 1280)
-    assert cache.nbytes == 2 * 760_217_600 * 2
+    assert cache.nbytes == 2 * 760_217_600 * 2 == unet.cache_bytes(2, 64, 64)
 
 
 def test_window_validation():

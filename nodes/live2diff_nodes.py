@@ -1,0 +1,468 @@
+"""Live2Diff nodes (V3 schema API): loader, causal temporal attention patcher, LoRA, prompt, depth,
+video-to-video and the live stream step with its KV-cache session. Thin glue: the work is in ``live2diff_core``."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management as mm
+import comfy.utils
+
+from ..live2diff_core import Live2DiffPipeline
+from . import model_cache, paths, sessions
+
+log = logging.getLogger(__name__)
+
+CATEGORY = "StreamVideo/Live2Diff"
+L2DModel = io.Custom("L2D_MODEL")
+L2DCond = io.Custom("L2D_CONDITIONING")
+BASE_VAE = "base model VAE"
+TAESD_PAIR = "taesd (vae_approx/taesd_encoder + taesd_decoder)"
+DTYPES = ["auto", "float16", "bfloat16", "float32"]
+
+
+# ---------------------------------------------------------------------------------------------- model handle
+@dataclass(frozen=True)
+class Live2DiffModel:
+    """What a Live2Diff model socket carries: how to load the model (never the model itself) plus the temporal
+    attention settings. Nodes derive new handles with :func:`dataclasses.replace`; cached models are shared."""
+
+    base: Path
+    motion: Path
+    taesd: Path | None
+    depth: Path | None
+    lcm_lora: Path | None
+    loras: tuple[tuple[Path, float, str], ...] = ()
+    dtype: str = "auto"
+    sinks: int = 8
+    window: int = 16
+
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype != "auto":
+            return getattr(torch, self.dtype)
+        device = mm.get_torch_device()
+        if device.type == "cpu":
+            return torch.float32
+        if mm.should_use_fp16(device):
+            return torch.float16
+        return torch.bfloat16 if mm.should_use_bf16(device) else torch.float32
+
+    def identity(self) -> tuple:
+        files = [self.base, self.motion, self.taesd, self.depth, self.lcm_lora] + [p for p, _, _ in self.loras]
+        return (tuple(paths.identity(p) if p is not None else None for p in files),
+                tuple((s, m) for _, s, m in self.loras), str(self.torch_dtype()))
+
+    def pipeline(self, memory_required: int = 0) -> Live2DiffPipeline:
+        """The cached pipeline, on ComfyUI's compute device (loaded from disk the first time)."""
+        dtype = self.torch_dtype()
+
+        def load():
+            pipe = Live2DiffPipeline.from_files(
+                self.base, self.motion, taesd=self.taesd, depth=self.depth, lcm_lora=self.lcm_lora,
+                loras=[(p, s) for p, s, _ in self.loras], lora_mode=self.loras[-1][2] if self.loras else "standard",
+                dtype=dtype, device=mm.unet_offload_device())
+            parts = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder,
+                     "depth_estimator": pipe.depth_estimator}
+            return parts, pipe
+
+        entry = model_cache.acquire("live2diff", self.identity(), load, label=self.base.name,
+                                    memory_required=memory_required)
+        return entry.payload
+
+
+def _base_options() -> list[str]:
+    return ([f"checkpoints/{f}" for f in paths.files("checkpoints")]
+            + [f"diffusers/{d}" for d in paths.model_folders("diffusers")])
+
+
+def _resolve_base(choice: str) -> Path:
+    kind, _, name = choice.partition("/")
+    if kind == "checkpoints":
+        return paths.resolve_file("checkpoints", name)
+    if kind == "diffusers":
+        return paths.resolve_folder("diffusers", name)
+    raise ValueError(f"unknown base model {choice!r}: pick an entry from models/checkpoints or models/diffusers")
+
+
+def _taesd_options() -> list[str]:
+    names = paths.files("vae_approx")
+    options = [TAESD_PAIR] if {"taesd_encoder.safetensors", "taesd_decoder.safetensors"} <= set(names) or \
+        {"taesd_encoder.pth", "taesd_decoder.pth"} <= set(names) else []
+    return options + [f"vae_approx/{d}" for d in paths.model_folders("vae_approx")] + [BASE_VAE]
+
+
+def _resolve_taesd(choice: str) -> Path | None:
+    if choice == BASE_VAE:
+        return None
+    if choice == TAESD_PAIR:
+        for name in ("taesd_encoder.safetensors", "taesd_encoder.pth"):
+            try:
+                return paths.resolve_file("vae_approx", name)
+            except FileNotFoundError:
+                continue
+        raise FileNotFoundError("taesd_encoder/taesd_decoder not found in models/vae_approx")
+    return paths.resolve_folder("vae_approx", choice.partition("/")[2])
+
+
+def _depth_options() -> list[str]:
+    return [paths.NONE] + [f for f in paths.files("live2diff") if "dpt" in f.lower() or "midas" in f.lower()] + \
+        [f"{d}/" for d in paths.model_folders("live2diff")]
+
+
+def _resolve_depth(choice: str) -> Path | None:
+    if choice == paths.NONE:
+        return None
+    if choice.endswith("/"):
+        return paths.resolve_folder("live2diff", choice[:-1])
+    return paths.resolve_file("live2diff", choice)
+
+
+def _motion_options() -> list[str]:
+    return [f for f in paths.files("live2diff") if "dpt" not in f.lower() and "midas" not in f.lower()]
+
+
+# ---------------------------------------------------------------------------------------------- shared inputs
+def _stream_inputs() -> list:
+    return [
+        io.String.Input("t_index_list", default="30,40",
+                        tooltip="Denoising steps: indices into the LCM schedule of `steps` timesteps (one batch "
+                                "row each). Ignored when strength > 0."),
+        io.Float.Input("strength", default=0.0, min=0.0, max=1.0, step=0.01,
+                       tooltip="Use the last strength*steps timesteps instead of t_index_list (0 = off)."),
+        io.Int.Input("steps", default=50, min=1, max=1000, tooltip="LCM schedule length t_index_list refers to"),
+        io.Int.Input("width", default=512, min=64, max=2048, step=64),
+        io.Int.Input("height", default=512, min=64, max=2048, step=64),
+        io.Int.Input("seed", default=2, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+        io.Boolean.Input("use_depth", default=True, tooltip="Depth prior (built-in estimator or the depth input)"),
+        io.Boolean.Input("invert_depth", default=False),
+        io.Image.Input("depth", optional=True, tooltip="Depth maps from another node (replace the estimator)"),
+    ]
+
+
+def _parse_t_index(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v != "")
+    except ValueError:
+        raise ValueError(f"t_index_list must be comma-separated integers like 30,40, got {text!r}") from None
+    if not values:
+        raise ValueError("t_index_list is empty: give e.g. 30,40 (two denoising steps)")
+    return values
+
+
+def _validate_stream(width: int, height: int, t_index_list: str, strength: float, steps: int) -> bool | str:
+    for name, v in (("width", width), ("height", height)):
+        if v < 64 or v % 64:
+            return f"{name} must be a multiple of 64 (got {v}); try {max(64, v // 64 * 64)}"
+    if not 0.0 <= strength <= 1.0:
+        return f"strength must be in [0, 1], got {strength}"
+    if steps < 1:
+        return "steps must be at least 1"
+    if strength == 0.0:
+        try:
+            values = _parse_t_index(t_index_list)
+        except ValueError as exc:
+            return str(exc)
+        if any(not 0 <= v < steps for v in values):
+            return f"t_index_list entries must be in 0..{steps - 1}, got {list(values)}"
+    return True
+
+
+def _settings(model: Live2DiffModel, t_index_list: str, strength: float, steps: int, width: int, height: int,
+              seed: int, use_depth: bool, invert_depth: bool) -> dict:
+    return dict(t_index_list=None if strength > 0 else _parse_t_index(t_index_list),
+                strength=strength if strength > 0 else None, num_inference_steps=steps, width=width, height=height,
+                seed=seed, use_depth=use_depth, invert_depth=invert_depth, window=model.window, sinks=model.sinks)
+
+
+def _pipeline_for(model: Live2DiffModel, settings: dict) -> Live2DiffPipeline:
+    """The model's pipeline on the compute device, with room reserved for the KV cache of these settings."""
+    pipe = model.pipeline()
+    rows = len(settings["t_index_list"]) if settings["t_index_list"] else max(
+        1, int(settings["num_inference_steps"] * settings["strength"]))
+    kv = pipe.unet.cache_bytes(rows, settings["height"] // 8, settings["width"] // 8, window=settings["window"])
+    return model.pipeline(memory_required=kv)
+
+
+# ---------------------------------------------------------------------------------------------- nodes
+class L2DLoadModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="L2D_LoadModel", display_name="Live2Diff Load Model", category=CATEGORY,
+            description="SD1.5 base + Live2Diff motion modules (+ TAESD, depth estimator, LCM-LoRA), loaded once "
+                        "and shared through ComfyUI's model management.",
+            inputs=[
+                io.Combo.Input("base", options=_base_options(),
+                               tooltip="SD1.5 (or DreamBooth) single file from models/checkpoints, or a diffusers "
+                                       "folder from models/diffusers"),
+                io.Combo.Input("motion", options=_motion_options(), tooltip="live2diff.ckpt in models/live2diff"),
+                io.Combo.Input("vae", options=_taesd_options(),
+                               tooltip="TAESD (fast, official) from models/vae_approx, or the base model's VAE"),
+                io.Combo.Input("depth_model", options=_depth_options(),
+                               tooltip="dpt_hybrid_384.pt or an Intel/dpt-hybrid-midas folder in models/live2diff"),
+                io.Combo.Input("lcm_lora", options=[paths.NONE] + paths.files("loras"),
+                               tooltip="LCM-LoRA for SD1.5 (the official setup needs it)"),
+                io.Combo.Input("dtype", options=DTYPES, default="auto"),
+            ],
+            outputs=[L2DModel.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, base, motion, vae, depth_model, lcm_lora, dtype) -> io.NodeOutput:
+        handle = Live2DiffModel(
+            base=_resolve_base(base), motion=paths.resolve_file("live2diff", motion), taesd=_resolve_taesd(vae),
+            depth=_resolve_depth(depth_model),
+            lcm_lora=None if lcm_lora == paths.NONE else paths.resolve_file("loras", lcm_lora), dtype=dtype)
+        handle.pipeline()  # load now: missing or broken files fail here, with the file named
+        return io.NodeOutput(handle)
+
+
+class L2DApplyLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="L2D_ApplyLoRA", display_name="Live2Diff Apply Style LoRA", category=CATEGORY,
+            description="Merge a style LoRA (kohya/diffusers/PEFT) into a copy of the model; the input is untouched.",
+            inputs=[L2DModel.Input("model"), io.Combo.Input("lora", options=paths.files("loras")),
+                    io.Float.Input("strength", default=1.0, min=-4.0, max=4.0, step=0.05),
+                    io.Combo.Input("mode", options=["standard", "official"], default="standard",
+                                   tooltip="standard: alpha/rank scaling; official: Live2Diff's merge (ignores "
+                                           "alpha)")],
+            outputs=[L2DModel.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, lora, strength, mode) -> io.NodeOutput:
+        if model.loras and model.loras[-1][2] != mode:
+            raise ValueError("all style LoRAs of one model must use the same merge mode")
+        handle = dataclasses.replace(model, loras=model.loras + ((paths.resolve_file("loras", lora), strength,
+                                                                   mode),))
+        handle.pipeline()
+        return io.NodeOutput(handle)
+
+
+class L2DCausalAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="L2D_CausalAttention", display_name="Live2Diff Causal Temporal Attention", category=CATEGORY,
+            description="Warm-up (sink) frames and attention window of the uni-directional temporal attention. The "
+                        "model was trained with 8 and 16.",
+            inputs=[L2DModel.Input("model"),
+                    io.Int.Input("sinks", default=8, min=1, max=23, tooltip="warm-up frames every frame attends to"),
+                    io.Int.Input("window", default=16, min=2, max=24,
+                                 tooltip="sinks + recent frames (at most 24, the positional table)")],
+            outputs=[L2DModel.Output(display_name="model")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, sinks, window) -> bool | str:
+        if not 1 <= sinks <= 23 or not 2 <= window <= 24:
+            return "sinks must be in 1..23 and window in 2..24"
+        if window <= sinks:
+            return f"window ({window}) must be larger than sinks ({sinks}): it holds the sinks plus recent frames"
+        return True
+
+    @classmethod
+    def execute(cls, model, sinks, window) -> io.NodeOutput:
+        return io.NodeOutput(dataclasses.replace(model, sinks=sinks, window=window))
+
+
+class L2DEncodePrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="L2D_EncodePrompt", display_name="Live2Diff Encode Prompt", category=CATEGORY,
+            description="CLIP text embeddings at the official layer: the output of layer 10 of 12 plus the final "
+                        "LayerNorm (= ComfyUI CLIPSetLastLayer -3 = diffusers clip_skip 2).",
+            inputs=[L2DModel.Input("model"), io.String.Input("text", multiline=True, default=""),
+                    io.Int.Input("clip_layer", default=10, min=1, max=12,
+                                 tooltip="CLIP transformer layer whose output is used (10 = official)")],
+            outputs=[L2DCond.Output(display_name="conditioning")],
+        )
+
+    @classmethod
+    def execute(cls, model, text, clip_layer) -> io.NodeOutput:
+        pipe = model.pipeline()
+        return io.NodeOutput(pipe.encode_prompt(text, clip_layer).to(mm.intermediate_device()))
+
+
+def _depth_for(depth, frames: torch.Tensor) -> torch.Tensor | None:
+    if depth is None:
+        return None
+    if depth.shape[0] != frames.shape[0]:
+        raise ValueError(f"got {depth.shape[0]} depth maps for {frames.shape[0]} frames: connect one depth map per "
+                         "frame")
+    return depth
+
+
+class L2DVideoToVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="L2D_VideoToVideo", display_name="Live2Diff Video to Video", category=CATEGORY,
+            description="Translate a whole clip (at least 8 frames): warm-up on the first 8, then KV-cache "
+                        "streaming. N frames in, N frames out, resized back to the input size.",
+            inputs=[L2DModel.Input("model"), io.Image.Input("images"), L2DCond.Input("conditioning")]
+            + _stream_inputs(),
+            outputs=[io.Image.Output(display_name="images")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, width, height, t_index_list, strength, steps) -> bool | str:
+        return _validate_stream(width, height, t_index_list, strength, steps)
+
+    @classmethod
+    def execute(cls, model, images, conditioning, t_index_list, strength, steps, width, height, seed, use_depth,
+                invert_depth, depth=None) -> io.NodeOutput:
+        settings = _settings(model, t_index_list, strength, steps, width, height, seed, use_depth, invert_depth)
+        if images.shape[0] < model.sinks:
+            raise ValueError(f"Live2Diff needs at least {model.sinks} frames (the warm-up), got {images.shape[0]}")
+        pipe = _pipeline_for(model, settings)
+        pbar = comfy.utils.ProgressBar(images.shape[0])
+        out = pipe(images, prompt_embeds=conditioning, depth_maps=_depth_for(depth, images),
+                   callback=lambda done, total: pbar.update_absolute(done, total), **settings)
+        return io.NodeOutput(out.to(mm.intermediate_device()))
+
+
+class L2DStreamStep(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="L2D_StreamStep", display_name="Live2Diff Stream Step", category=CATEGORY,
+            description="Feed one or more frames of a live stream into a session (run it on auto-queue). While the "
+                        "8 warm-up frames are collected the input frames come back unchanged; afterwards one "
+                        "stylised frame per input frame (delayed by steps-1 frames). A run either completes or "
+                        "leaves the session as it was.",
+            inputs=[L2DModel.Input("model"), io.Image.Input("images"), L2DCond.Input("conditioning"),
+                    io.String.Input("session_id", default="default")] + _stream_inputs(),
+            outputs=[io.Image.Output(display_name="images")],
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, **_) -> float:
+        return float("nan")  # a stream step always runs
+
+    @classmethod
+    def validate_inputs(cls, width, height, t_index_list, strength, steps) -> bool | str:
+        return _validate_stream(width, height, t_index_list, strength, steps)
+
+    @classmethod
+    def execute(cls, model, images, conditioning, session_id, t_index_list, strength, steps, width, height, seed,
+                use_depth, invert_depth, depth=None) -> io.NodeOutput:
+        settings = _settings(model, t_index_list, strength, steps, width, height, seed, use_depth, invert_depth)
+        depth = _depth_for(depth, images)
+        key = (model.identity(), tuple(sorted(settings.items())))
+        session = sessions.get(session_id, key)
+        pipe = _pipeline_for(model, settings)
+        pbar = comfy.utils.ProgressBar(images.shape[0])
+        # work on copies; store back only when the whole run succeeded
+        warm_frames = list(session.warm_frames)
+        warm_depth = list(session.warm_depth)
+        state, last = session.state, session.last_output
+        previous_text = None if state is None else state.engine.text
+        if state is not None:
+            # sessions never keep a model alive (ComfyUI may have unloaded and reloaded it): bind the current one
+            state.engine.unet = pipe.unet
+            # a new prompt applies from the next frame on; the KV cache is kept
+            state.engine.text = conditioning.to(state.engine.device, state.engine.dtype)
+        outputs: list[torch.Tensor] = []
+        engine_txn = None
+        try:
+            for i in range(images.shape[0]):
+                frame = images[i:i + 1]
+                d = None if depth is None else depth[i:i + 1]
+                if state is None:
+                    warm_frames.append(frame)
+                    if d is not None:
+                        warm_depth.append(d)
+                    if len(warm_frames) < model.sinks:
+                        outputs.append(frame)
+                    else:
+                        pipe.start(prompt_embeds=conditioning, **settings)
+                        warm = pipe.warmup(torch.cat(warm_frames), torch.cat(warm_depth) if warm_depth else None)
+                        state, warm_frames, warm_depth = pipe.stream_state, [], []
+                        last = warm[-1:]
+                        outputs.append(last)
+                else:
+                    if engine_txn is None:
+                        engine_txn = state.engine.transaction()
+                        engine_txn.__enter__()
+                    pipe.stream_state = state
+                    out = pipe.step(frame, d)
+                    last = out if out is not None else last
+                    outputs.append(last)
+                pbar.update(1)
+        except BaseException as exc:
+            if engine_txn is not None:
+                engine_txn.__exit__(type(exc), exc, exc.__traceback__)
+            if session.state is not None:
+                session.state.engine.text = previous_text
+                session.state.engine.unet = None
+            pipe.stream_state = None
+            raise
+        if engine_txn is not None:
+            engine_txn.__exit__(None, None, None)
+        if state is not None:
+            state.engine.unet = None
+        pipe.stream_state = None
+        session.state, session.warm_frames, session.warm_depth, session.last_output = state, warm_frames, \
+            warm_depth, last
+        session.frames_seen += images.shape[0]
+        return io.NodeOutput(torch.cat(outputs).to(mm.intermediate_device()))
+
+
+class L2DResetSession(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="L2D_ResetSession", display_name="Live2Diff Reset Stream Session", category=CATEGORY,
+            description="Forget a live-stream session (its KV cache); empty session_id resets all.",
+            inputs=[io.String.Input("session_id", default="default")],
+            outputs=[], is_output_node=True, not_idempotent=True,
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, **_) -> float:
+        return float("nan")
+
+    @classmethod
+    def execute(cls, session_id) -> io.NodeOutput:
+        removed = sessions.reset(session_id or None)
+        log.info("stream-video-diffusion: reset Live2Diff sessions %s", removed)
+        return io.NodeOutput()
+
+
+class L2DEstimateDepth(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="L2D_EstimateDepth", display_name="Live2Diff Estimate Depth", category=CATEGORY,
+            description="Depth maps from the built-in DPT-Hybrid estimator, min-max normalised over the batch (as "
+                        "the model sees them), as a grey IMAGE.",
+            inputs=[L2DModel.Input("model"), io.Image.Input("images"), io.Boolean.Input("invert", default=False)],
+            outputs=[io.Image.Output(display_name="depth")],
+        )
+
+    @classmethod
+    def execute(cls, model, images, invert) -> io.NodeOutput:
+        from ..live2diff_core.depth import depth_to_condition
+
+        pipe = model.pipeline()
+        if pipe.depth_estimator is None:
+            raise ValueError("this model was loaded without a depth model: pick dpt_hybrid_384.pt (models/live2diff) "
+                             "in Live2Diff Load Model")
+        x = images.permute(0, 3, 1, 2).to(pipe.device, pipe.dtype) * 2 - 1
+        raw = pipe.depth_estimator(x).float()
+        cond = depth_to_condition(raw, images.shape[1], images.shape[2], invert=invert)
+        return io.NodeOutput(((cond + 1) / 2).permute(0, 2, 3, 1).clamp(0, 1).to(mm.intermediate_device()))
+
+
+NODES = [L2DLoadModel, L2DApplyLoRA, L2DCausalAttention, L2DEncodePrompt, L2DVideoToVideo, L2DStreamStep,
+         L2DResetSession, L2DEstimateDepth]
