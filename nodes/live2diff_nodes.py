@@ -109,8 +109,18 @@ def _resolve_taesd(choice: str) -> Path | None:
     return paths.resolve_folder("vae_approx", choice.partition("/")[2])
 
 
+def _loose_files(folder: str) -> list[str]:
+    """Weight files of a model folder that are not inside one of its model sub-folders."""
+    inside = tuple(f"{d}/" for d in paths.model_folders(folder))
+    return [f for f in paths.files(folder) if not f.replace("\\", "/").startswith(inside)]
+
+
+def _is_depth_file(name: str) -> bool:
+    return "dpt" in name.lower() or "midas" in name.lower()
+
+
 def _depth_options() -> list[str]:
-    return [paths.NONE] + [f for f in paths.files("live2diff") if "dpt" in f.lower() or "midas" in f.lower()] + \
+    return [paths.NONE] + [f for f in _loose_files("live2diff") if _is_depth_file(f)] + \
         [f"{d}/" for d in paths.model_folders("live2diff")]
 
 
@@ -123,7 +133,7 @@ def _resolve_depth(choice: str) -> Path | None:
 
 
 def _motion_options() -> list[str]:
-    return [f for f in paths.files("live2diff") if "dpt" not in f.lower() and "midas" not in f.lower()]
+    return [f for f in _loose_files("live2diff") if not _is_depth_file(f)]
 
 
 # ---------------------------------------------------------------------------------------------- shared inputs

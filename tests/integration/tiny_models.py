@@ -1,0 +1,357 @@
+"""Tiny random models in the real on-disk formats, laid out as a ComfyUI ``models/`` folder.
+
+Written by the *system* Python (the test process) before the server starts; the server (its own venv) then finds
+them through ``folder_paths`` under ``RUN_DIR/models``. Fixed seeds: building twice gives identical tensors, so a
+test can rebuild a reference in-process from the same files (see :meth:`TinyModels.live2diff_pipeline`).
+
+Layout (names as ComfyUI lists them, relative to their folder)::
+
+    models/diffusers/tiny-sd15/            SD1.5 diffusers pipeline folder: model_index.json, unet/ (tiny
+                                           UNet2DConditionModel, tests/tiny.py TINY_UNET_CONFIG), text_encoder/
+                                           (tiny 12-layer CLIP, hidden 32), tokenizer/ (the shipped SD1.5 one),
+                                           vae/ (tiny AutoencoderKL), scheduler/ (shipped)
+    models/checkpoints/tiny-sd15.safetensors   the same weights as one LDM single file (model.diffusion_model.,
+                                           first_stage_model., cond_stage_model.transformer.text_model.)
+    models/live2diff/live2diff.ckpt        torch pickle {"state_dict": motion modules + flow_conv_in}, matching
+                                           the tiny UNet
+    models/live2diff/dpt_hybrid_tiny/      transformers DPT-Hybrid folder (config.json + model.safetensors),
+                                           tests/test_depth.py TINY_CONFIG (input 64x64)
+    models/vae_approx/taesd_encoder.safetensors, taesd_decoder.safetensors
+                                           real TAESD architecture, random weights, original TAESD names
+    models/loras/lcm-tiny.safetensors      kohya LoRA (diffusers-style lora_unet_* names) on 2 UNet modules
+    models/loras/style-tiny.safetensors    kohya LoRA on 2 other UNet modules + 1 text-encoder module
+    models/diffusers/tiny-modelscope/      ModelScope text-to-video diffusers folder: model_index.json, unet/
+                                           (tiny UNet3DConditionModel, tests/st2v_tiny.py), text_encoder/ (CLIP,
+                                           hidden 1024, 1 layer), tokenizer/, vae/, scheduler/ (shipped)
+    models/streamingt2v/tiny-st2v.base.safetensors, .cam.safetensors, .apm.safetensors
+                                           converted StreamingT2V parts of tests/st2v_tiny.tiny_st2v_model
+    models/streamingt2v/tiny-st2v.config.json  its UNet3D config (== tiny-modelscope/unet/config.json)
+    models/clip_vision/tiny-clip-vit.safetensors  APM image encoder (transformers CLIPVisionModelWithProjection
+                                           layout, ViT hidden 64, projection 1024)
+    models/clip_vision/tiny-clip-vit.config.json  its CLIPVisionConfig
+    models/tiny_models.json                manifest (this layout, as JSON)
+
+Non-standard sizes: a single-file checkpoint carries no config, and the loaders' defaults are the real SD1.5 /
+ModelScope / ViT-H-14 configs. ``tiny-sd15.safetensors`` therefore loads only with the tiny config (e.g. the
+``tiny-sd15`` folder as ``config``), the StreamingT2V parts only with ``tiny-st2v.config.json`` (or the
+``tiny-modelscope/unet`` folder) as ``base_config``, and the CLIP vision file only with its ``.config.json``.
+
+Standalone: ``python tests/integration/tiny_models.py RUN_DIR`` writes ``RUN_DIR/models`` (for a hand-started
+server: ``comfyui_setup.sh`` with ``RUN_DIR=...``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+TESTS = REPO / "tests"
+
+SD15 = "tiny-sd15"
+CHECKPOINT = "tiny-sd15.safetensors"
+MOTION = "live2diff.ckpt"
+DEPTH = "dpt_hybrid_tiny"
+TAESD = ("taesd_encoder.safetensors", "taesd_decoder.safetensors")
+LCM_LORA = "lcm-tiny.safetensors"
+STYLE_LORA = "style-tiny.safetensors"
+MODELSCOPE = "tiny-modelscope"
+ST2V = "tiny-st2v"
+CLIP_VISION = "tiny-clip-vit.safetensors"
+
+SEEDS = dict(unet=2, text=3, taesd=4, depth=5, vae=6, lora=7, st2v=8, modelscope=9)
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyModels:
+    """Where the tiny models are. Attribute values are the names ComfyUI's combo lists show (relative to the
+    model folder); :meth:`path` gives the absolute path."""
+
+    run_dir: Path
+    models_dir: Path
+    sd15_diffusers: str = SD15  # models/diffusers/<name>/
+    checkpoint: str = CHECKPOINT  # models/checkpoints/<name>
+    motion: str = MOTION  # models/live2diff/<name>
+    depth: str = DEPTH  # models/live2diff/<name>/ (folder)
+    taesd_encoder: str = TAESD[0]  # models/vae_approx/<name>
+    taesd_decoder: str = TAESD[1]
+    lcm_lora: str = LCM_LORA  # models/loras/<name>
+    style_lora: str = STYLE_LORA
+    modelscope_diffusers: str = MODELSCOPE  # models/diffusers/<name>/
+    st2v_base: str = f"{ST2V}.base.safetensors"  # models/streamingt2v/<name> (+ .cam/.apm siblings)
+    st2v_config: str = f"{ST2V}.config.json"  # models/streamingt2v/<name>
+    clip_vision: str = CLIP_VISION  # models/clip_vision/<name>
+    clip_vision_config: str = "tiny-clip-vit.config.json"  # models/clip_vision/<name>
+    #: working size the tiny models are meant for (multiple of 64; latent 8x8)
+    width: int = 64
+    height: int = 64
+
+    # --------------------------------------------------------------------------------------------- paths
+    def path(self, folder: str, name: str) -> Path:
+        """``models/<folder>/<name>`` (e.g. ``path("live2diff", m.motion)``)."""
+        return self.models_dir / folder / name
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        p = self.path
+        return {
+            "sd15_diffusers": p("diffusers", self.sd15_diffusers),
+            "checkpoint": p("checkpoints", self.checkpoint),
+            "motion": p("live2diff", self.motion),
+            "depth": p("live2diff", self.depth),
+            "vae_approx": self.models_dir / "vae_approx",
+            "taesd_encoder": p("vae_approx", self.taesd_encoder),
+            "taesd_decoder": p("vae_approx", self.taesd_decoder),
+            "lcm_lora": p("loras", self.lcm_lora),
+            "style_lora": p("loras", self.style_lora),
+            "modelscope_diffusers": p("diffusers", self.modelscope_diffusers),
+            "st2v_base": p("streamingt2v", self.st2v_base),
+            "st2v_cam": p("streamingt2v", f"{ST2V}.cam.safetensors"),
+            "st2v_apm": p("streamingt2v", f"{ST2V}.apm.safetensors"),
+            "st2v_config": p("streamingt2v", self.st2v_config),
+            "clip_vision": p("clip_vision", self.clip_vision),
+            "clip_vision_config": p("clip_vision", self.clip_vision_config),
+        }
+
+    def manifest(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "models_dir": str(self.models_dir),
+                "names": {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                          if f.name not in ("run_dir", "models_dir")},
+                "paths": {k: str(v) for k, v in self.paths.items()}}
+
+    # ----------------------------------------------------------------------------- in-process references
+    def live2diff_pipeline(self, *, depth: bool = True, lcm_lora: bool = False, style_lora: float | None = None,
+                           lora_mode: str = "standard", **kw):
+        """``Live2DiffPipeline.from_files`` on these very files (system Python, CPU, float32): the reference a
+        node test compares the server's output with."""
+        from live2diff_core import Live2DiffPipeline
+
+        p = self.paths
+        return Live2DiffPipeline.from_files(
+            p["sd15_diffusers"], p["motion"], taesd=p["vae_approx"], depth=p["depth"] if depth else None,
+            lcm_lora=p["lcm_lora"] if lcm_lora else None,
+            loras=[(p["style_lora"], style_lora)] if style_lora is not None else (), lora_mode=lora_mode, **kw)
+
+    def streaming_t2v_pipeline(self, **kw):
+        """``StreamingT2VPipeline.from_files`` on these files (system Python, CPU, float32)."""
+        from streaming_t2v_core.pipeline import StreamingT2VPipeline
+
+        p = self.paths
+        return StreamingT2VPipeline.from_files(p["modelscope_diffusers"], p["st2v_base"],
+                                               image_encoder=p["clip_vision"], base_config=p["st2v_config"],
+                                               image_encoder_config=p["clip_vision_config"], **kw)
+
+
+# ---------------------------------------------------------------------------------------------------- writers
+def _ensure_importable() -> None:
+    """tests/ on sys.path (for tiny.py & co) and the cores importable without the repo root on sys.path (the pack's
+    ``nodes/`` must never shadow ComfyUI's ``nodes``): the same bootstrap as tests/conftest.py."""
+    import importlib.util
+
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    for name in ("live2diff_core", "streaming_t2v_core"):
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, REPO / name / "__init__.py",
+                                                      submodule_search_locations=[str(REPO / name)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=list) + "\n")
+
+
+def _kohya_lora(sd: dict, targets: dict[str, str], *, rank: int, alpha: float, seed: int) -> dict:
+    """kohya LoRA tensors for ``{kohya_name: state_dict_weight_key}`` (Linear or Conv weights)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, key in targets.items():
+        w = sd[key]
+        down = torch.randn(rank, *w.shape[1:], generator=g) * 0.1
+        up = torch.randn(w.shape[0], rank, *([1] * (w.dim() - 2)), generator=g) * 0.1
+        out[f"{name}.lora_down.weight"] = down.contiguous()
+        out[f"{name}.lora_up.weight"] = up.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def _write_live2diff(models: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    import test_sd_loading as sdl
+    from live2diff_core.loader import motion_keys
+    from live2diff_core.sd_checkpoint import SHIPPED_CONFIG_DIR
+    from test_depth import TINY_CONFIG as DPT_CONFIG
+    from test_depth import _tiny_model as tiny_dpt
+    from tiny import TINY_UNET_CONFIG, tiny_taesd, tiny_text_encoder, tiny_video_unet
+
+    # --- SD1.5 diffusers folder
+    unet = tiny_video_unet(seed=SEEDS["unet"])
+    motion = motion_keys(unet)
+    full = unet.state_dict()
+    spatial = {k: v for k, v in full.items() if k not in motion}
+    u2d = UNet2DConditionModel(**TINY_UNET_CONFIG)
+    u2d.load_state_dict(spatial)
+    _, text = tiny_text_encoder(seed=SEEDS["text"])
+    torch.manual_seed(SEEDS["vae"])
+    vae = AutoencoderKL(**sdl.TINY_VAE).eval()
+
+    base = models / "diffusers" / SD15
+    u2d.save_pretrained(base / "unet")
+    text.save_pretrained(base / "text_encoder")
+    vae.save_pretrained(base / "vae")
+    shutil.copytree(SHIPPED_CONFIG_DIR / "tokenizer", base / "tokenizer",
+                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shutil.copytree(SHIPPED_CONFIG_DIR / "scheduler", base / "scheduler")
+    import diffusers
+
+    _write_json(base / "model_index.json", {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None], "requires_safety_checker": False, "safety_checker": [None, None],
+        "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"]})
+
+    # --- the same weights as one LDM single file (the test_sd_loading writer; its key mapping depends only on
+    #     layers_per_block / up_block_types / the number of VAE blocks, which tiny.py's config shares)
+    assert TINY_UNET_CONFIG["layers_per_block"] == sdl.TINY_UNET["layers_per_block"]
+    assert tuple(TINY_UNET_CONFIG["up_block_types"]) == tuple(sdl.TINY_UNET["up_block_types"])
+    ldm = sdl.to_ldm(sdl._sd(u2d), sdl._sd(vae), sdl._bare(sdl._sd(text)), text_layout="t5")
+    (models / "checkpoints").mkdir(parents=True, exist_ok=True)
+    save_file(ldm, str(models / "checkpoints" / CHECKPOINT))
+
+    # --- motion modules + depth mapping (flow_conv_in), official pickle layout
+    (models / "live2diff").mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {k: v.clone() for k, v in full.items() if k in motion}}, models / "live2diff" / MOTION)
+    tiny_dpt(seed=SEEDS["depth"], config=DPT_CONFIG).save_pretrained(models / "live2diff" / DEPTH)
+
+    # --- TAESD in ComfyUI's vae_approx layout (original names; decoder index shifted by the weightless clamp)
+    sd = tiny_taesd(seed=SEEDS["taesd"]).state_dict()
+    enc = {k[len("encoder.layers."):]: v for k, v in sd.items() if k.startswith("encoder.layers.")}
+    dec = {}
+    for k, v in sd.items():
+        if k.startswith("decoder.layers."):
+            i, rest = k[len("decoder.layers."):].split(".", 1)
+            dec[f"{int(i) + 1}.{rest}"] = v
+    (models / "vae_approx").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in enc.items()}, str(models / "vae_approx" / TAESD[0]))
+    save_file({k: v.contiguous() for k, v in dec.items()}, str(models / "vae_approx" / TAESD[1]))
+
+    # --- LoRAs (kohya, diffusers-style module names)
+    usd, tsd = u2d.state_dict(), text.state_dict()
+    te_q = next(k for k in tsd if k.endswith("layers.0.self_attn.q_proj.weight"))
+    lcm = _kohya_lora(usd, {
+        "lora_unet_down_blocks_0_attentions_0_proj_in": "down_blocks.0.attentions.0.proj_in.weight",
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q":
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+    }, rank=4, alpha=2.0, seed=SEEDS["lora"])
+    style = _kohya_lora({**usd, **tsd}, {
+        "lora_unet_down_blocks_0_attentions_1_proj_in": "down_blocks.0.attentions.1.proj_in.weight",
+        "lora_unet_up_blocks_3_attentions_0_transformer_blocks_0_attn2_to_k":
+            "up_blocks.3.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj": te_q,
+    }, rank=4, alpha=4.0, seed=SEEDS["lora"] + 1)
+    (models / "loras").mkdir(parents=True, exist_ok=True)
+    save_file(lcm, str(models / "loras" / LCM_LORA))
+    save_file(style, str(models / "loras" / STYLE_LORA))
+
+
+def _write_streaming_t2v(models: Path) -> None:
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    import test_st2v_pipeline as stp
+    from st2v_tiny import TINY_ST2V_UNET_CONFIG, TOKENIZER_DIR, tiny_st2v_model
+
+    root = REPO / "streaming_t2v_core" / "configs"
+    folder = models / "diffusers" / MODELSCOPE
+    torch.manual_seed(SEEDS["modelscope"])
+    UNet3DConditionModel(**TINY_ST2V_UNET_CONFIG).eval().save_pretrained(folder / "unet")
+    CLIPTextModel(CLIPTextConfig(**stp.TINY_TEXT)).eval().save_pretrained(folder / "text_encoder")
+    AutoencoderKL(**stp.TINY_VAE).eval().save_pretrained(folder / "vae")
+    shutil.copytree(TOKENIZER_DIR, folder / "tokenizer", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    if (root / "modelscope" / "scheduler").is_dir():
+        shutil.copytree(root / "modelscope" / "scheduler", folder / "scheduler")
+    import diffusers
+
+    _write_json(folder / "model_index.json", {
+        "_class_name": "TextToVideoSDPipeline", "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet3DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"]})
+
+    out = models / "streamingt2v"
+    out.mkdir(parents=True, exist_ok=True)
+    sd = tiny_st2v_model(seed=SEEDS["st2v"]).state_dict()
+    for part, prefix in (("base", "base_model."), ("cam", "unet."), ("apm", "resampler.")):
+        save_file({k[len(prefix):]: v.contiguous() for k, v in sd.items() if k.startswith(prefix)},
+                  str(out / f"{ST2V}.{part}.safetensors"))
+    _write_json(out / f"{ST2V}.config.json", dict(TINY_ST2V_UNET_CONFIG))
+
+    torch.manual_seed(SEEDS["st2v"] + 1)
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**stp.TINY_VIT)).eval()
+    cv = models / "clip_vision"
+    cv.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        vision.save_pretrained(tmp)
+        shutil.copy(Path(tmp) / "model.safetensors", cv / CLIP_VISION)
+        shutil.copy(Path(tmp) / "config.json", cv / "tiny-clip-vit.config.json")
+
+
+def write_tiny_models(run_dir: str | Path, *, streaming_t2v: bool = True) -> TinyModels:
+    """Write every tiny model under ``run_dir/models`` (replacing earlier copies) and return where they are."""
+    _ensure_importable()
+    import torch
+
+    run_dir = Path(run_dir).resolve()
+    models = run_dir / "models"
+    for sub in (f"diffusers/{SD15}", f"diffusers/{MODELSCOPE}", f"live2diff/{DEPTH}"):
+        shutil.rmtree(models / sub, ignore_errors=True)
+    models.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
+    threads = torch.get_num_threads()
+    rng = torch.random.get_rng_state()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars of save_pretrained
+    try:
+        _write_live2diff(models)
+        if streaming_t2v:
+            _write_streaming_t2v(models)
+    finally:
+        torch.random.set_rng_state(rng)
+        torch.set_num_threads(threads)
+        if bars:
+            hf_logging.enable_progress_bar()
+    tm = TinyModels(run_dir=run_dir, models_dir=models)
+    _write_json(models / "tiny_models.json", tm.manifest())
+    return tm
+
+
+if __name__ == "__main__":
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", help="ComfyUI base directory (--base-directory / comfyui_setup.sh RUN_DIR)")
+    ap.add_argument("--no-streaming-t2v", action="store_true", help="only the Live2Diff models")
+    a = ap.parse_args()
+    t0 = time.perf_counter()
+    tm = write_tiny_models(a.run_dir, streaming_t2v=not a.no_streaming_t2v)
+    print(json.dumps(tm.manifest(), indent=2))
+    print(f"written in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
