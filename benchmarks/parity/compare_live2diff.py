@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,27 +33,14 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from common import REPO, load_file_module, load_package, maxdiff, run_official, write_work  # noqa: E402
 DRIVER = Path(__file__).with_name("official_live2diff.py")
 
 
-def _load_package(name: str) -> None:
-    """Import a core package without putting the repository root on sys.path (as tests/conftest.py does)."""
-    if name in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(name, REPO / name / "__init__.py",
-                                                  submodule_search_locations=[str(REPO / name)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-
 
 def _load_tiny():
-    _load_package("live2diff_core")
-    spec = importlib.util.spec_from_file_location("_l2d_tiny", REPO / "tests" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    load_package("live2diff_core")
+    return load_file_module("_l2d_tiny", REPO / "tests" / "tiny.py")
 
 
 def build_model(seed: int, dtype: torch.dtype):
@@ -89,11 +74,6 @@ def make_inputs(seed: int, dtype: torch.dtype, T: int, N: int, h: int, w: int, t
         "c_lat": r(N, 4, h, w), "c_depth": r(N, 4, h, w), "c_noise": r(N + T - 1, T, 4, h, w),
     }
 
-
-def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
-    if a.shape != b.shape:
-        raise ValueError(f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}")
-    return float((a.to(torch.float64) - b.to(torch.float64)).abs().max())
 
 
 def run_ours(unet, inp: dict, T: int, N: int, h: int, w: int, t_index_list, num_inference_steps: int):
@@ -246,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
 
     unet, unet_config = build_model(args.seed, dtype)
     from live2diff_core.scheduler import make_lcm_scheduler, select_timesteps
-    from safetensors.torch import load_file, save_file
 
     timesteps = select_timesteps(make_lcm_scheduler(), args.steps, args.t_index)
     text_dim = unet_config["cross_attention_dim"]
@@ -259,29 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="l2d_parity_")
         work = Path(tmp.name)
-    save_file({k: v.detach().contiguous().clone() for k, v in unet.state_dict().items()},
-              str(work / "weights.safetensors"))
-    save_file({k: v.contiguous() for k, v in inp.items()}, str(work / "inputs.safetensors"))
     config = {"dtype": args.dtype, "num_steps": T, "num_frames": N, "latent_h": h, "latent_w": w,
               "t_index_list": args.t_index, "num_inference_steps": args.steps,
               "unet_config": {k: list(v) if isinstance(v, tuple) else v for k, v in unet_config.items()}}
-    (work / "config.json").write_text(json.dumps(config, indent=1))
+    write_work(work, unet.state_dict(), inp, config)
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore",
-               OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               HF_HOME=str(work / "hf_home"))
-    env.pop("PYTHONPATH", None)
-    t1 = time.time()
-    cmd = [args.official_python, str(DRIVER), "--official-dir", args.official_dir, "--work-dir", str(work),
-           "--threads", str(args.threads)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(work))
-    t_official = time.time() - t1
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-5000:] + proc.stderr[-10000:])
-        sys.stderr.write(f"\nofficial driver failed with exit status {proc.returncode}\n")
+    official = run_official(args.official_python, DRIVER, args.official_dir, work, args.threads)
+    if official is None:
         return 2
-    off = load_file(str(work / "official_outputs.safetensors"))
-    report = json.loads((work / "official_report.json").read_text())
+    off, report, t_official = official
 
     t2 = time.time()
     ours = run_ours(unet, inp, T, N, h, w, args.t_index, args.steps)

@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.util
 import json
-import math
 import os
-import subprocess
+import math
 import sys
 import tempfile
 import time
@@ -44,33 +42,17 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from common import REPO, load_file_module, load_package, maxdiff, run_official, write_work  # noqa: E402
 DRIVER = Path(__file__).with_name("official_streaming_t2v.py")
 MAWE_COEFF = 9.5
 
 
-def _load_package(name: str) -> None:
-    """Import a core package without putting the repository root on sys.path (as tests/conftest.py does)."""
-    if name in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(name, REPO / name / "__init__.py",
-                                                  submodule_search_locations=[str(REPO / name)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-
-
-def _load_file(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def build_model(seed: int, dtype: torch.dtype):
     """Tiny StreamingT2V model with every parameter non-trivial (zero-inits randomised, norm weights perturbed)."""
-    _load_package("streaming_t2v_core")
-    tiny = _load_file("_st2v_tiny", REPO / "tests" / "st2v_tiny.py")
+    load_package("streaming_t2v_core")
+    tiny = load_file_module("_st2v_tiny", REPO / "tests" / "st2v_tiny.py")
     model = tiny.tiny_st2v_model(seed)  # float32; merger proj_out, conv_out, alpha, ... randomised
     g = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():
@@ -119,11 +101,6 @@ def make_inputs(seed: int, dtype: torch.dtype, args, offsets: torch.Tensor) -> d
     inp["c_flows"] = random_flow(g, (args.mawe_frames - 1, 2, H, W), 2.0)
     return inp
 
-
-def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
-    if a.shape != b.shape:
-        raise ValueError(f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}")
-    return float((a.to(torch.float64) - b.to(torch.float64)).abs().max())
 
 
 def reldiff(ours, official) -> float:
@@ -335,11 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
 
     model, unet_config = build_model(args.seed, dtype)
-    from safetensors.torch import load_file, save_file
 
     from streaming_t2v_core.refiner import chunk_spans, draw_offsets
 
-    toy = _load_file("_st2v_official_driver", DRIVER).toy_v_model  # the harness's toy model (torch only)
+    toy = load_file_module("_st2v_official_driver", DRIVER).toy_v_model  # the harness's toy model (torch only)
     spans = chunk_spans(args.rb_frames, args.rb_chunk, args.rb_overlap)
     g_off = torch.Generator().manual_seed(args.seed + 300)
     offsets = torch.tensor([draw_offsets(spans, g_off) for _ in range(args.rb_steps)], dtype=torch.long)
@@ -352,31 +328,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="st2v_parity_")
         work = Path(tmp.name)
-    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
-              str(work / "weights.safetensors"))
-    save_file({k: v.contiguous() for k, v in inp.items()}, str(work / "inputs.safetensors"))
     config = {"dtype": args.dtype, "mawe_coeff": MAWE_COEFF,
               "unet_config": {k: list(v) if isinstance(v, tuple) else v for k, v in unet_config.items()},
               "rb": {"chunk": args.rb_chunk, "overlap": args.rb_overlap, "steps": args.rb_steps,
                      "t_start": args.rb_t_start, "guide_scale": args.guide_scale,
                      "guide_rescale": args.guide_rescale}}
-    (work / "config.json").write_text(json.dumps(config, indent=1))
+    write_work(work, model.state_dict(), inp, config)
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore",
-               OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               HF_HOME=str(work / "hf_home"))
-    env.pop("PYTHONPATH", None)
-    t1 = time.time()
-    cmd = [args.official_python, str(DRIVER), "--official-dir", args.official_dir, "--work-dir", str(work),
-           "--threads", str(args.threads)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(work))
-    t_official = time.time() - t1
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-5000:] + proc.stderr[-10000:])
-        sys.stderr.write(f"\nofficial driver failed with exit status {proc.returncode}\n")
+    official = run_official(args.official_python, DRIVER, args.official_dir, work, args.threads)
+    if official is None:
         return 2
-    off = load_file(str(work / "official_outputs.safetensors"))
-    report = json.loads((work / "official_report.json").read_text())
+    off, report, t_official = official
 
     t2 = time.time()
     ours_a = run_model_ours(model, inp)

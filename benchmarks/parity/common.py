@@ -1,0 +1,70 @@
+"""Plumbing shared by the parity drivers: importing our packages, the work folder, running the official side in
+its own interpreter, and comparing tensors."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_package(name: str) -> None:
+    """Import a core package without putting the repository root on sys.path (as tests/conftest.py does)."""
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, REPO / name / "__init__.py",
+                                                  submodule_search_locations=[str(REPO / name)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+def load_file_module(name: str, path: Path) -> ModuleType:
+    """Import one file as a module (test helpers, the toy model of a driver)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_work(work: Path, weights: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
+               config: dict[str, Any]) -> None:
+    """What the official driver reads: ``weights.safetensors``, ``inputs.safetensors``, ``config.json``."""
+    save_file({k: v.detach().contiguous().clone() for k, v in weights.items()}, str(work / "weights.safetensors"))
+    save_file({k: v.contiguous() for k, v in inputs.items()}, str(work / "inputs.safetensors"))
+    (work / "config.json").write_text(json.dumps(config, indent=1))
+
+
+def run_official(python: str, driver: Path, official_dir: str, work: Path, threads: int
+                 ) -> tuple[dict[str, torch.Tensor], dict, float] | None:
+    """Run ``driver`` with the official code's interpreter; its outputs and report, and the seconds it took, or
+    None (after printing its output) when it failed."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore",
+               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HOME=str(work / "hf_home"))
+    env.pop("PYTHONPATH", None)
+    t0 = time.time()
+    cmd = [python, str(driver), "--official-dir", official_dir, "--work-dir", str(work), "--threads", str(threads)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(work))
+    seconds = time.time() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-5000:] + proc.stderr[-10000:])
+        sys.stderr.write(f"\nofficial driver failed with exit status {proc.returncode}\n")
+        return None
+    return (load_file(str(work / "official_outputs.safetensors")),
+            json.loads((work / "official_report.json").read_text()), seconds)
+
+
+def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}")
+    return float((a.to(torch.float64) - b.to(torch.float64)).abs().max())
