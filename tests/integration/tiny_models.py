@@ -61,8 +61,10 @@ STYLE_LORA = "style-tiny.safetensors"
 MODELSCOPE = "tiny-modelscope"
 ST2V = "tiny-st2v"
 CLIP_VISION = "tiny-clip-vit.safetensors"
+REFINER = "tiny-zeroscope-xl"
+CLIP_MODEL = "tiny-clip"
 
-SEEDS = dict(unet=2, text=3, taesd=4, depth=5, vae=6, lora=7, st2v=8, modelscope=9)
+SEEDS = dict(unet=2, text=3, taesd=4, depth=5, vae=6, lora=7, st2v=8, modelscope=9, refiner=11, clip=13)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +87,8 @@ class TinyModels:
     st2v_config: str = f"{ST2V}.config.json"  # models/streamingt2v/<name>
     clip_vision: str = CLIP_VISION  # models/clip_vision/<name>
     clip_vision_config: str = "tiny-clip-vit.config.json"  # models/clip_vision/<name>
+    refiner: str = REFINER  # models/diffusers/<name>/ (zeroscope-XL-class refiner)
+    clip_model: str = CLIP_MODEL  # models/clip/<name>/ (transformers CLIPModel, for the CLIP score)
     #: working size the tiny models are meant for (multiple of 64; latent 8x8)
     width: int = 64
     height: int = 64
@@ -313,6 +317,53 @@ def _write_streaming_t2v(models: Path) -> None:
         shutil.copy(Path(tmp) / "config.json", cv / "tiny-clip-vit.config.json")
 
 
+def _write_refiner_and_clip(models: Path) -> None:
+    """A zeroscope-XL-class refiner folder (tiny UNet3D, KL VAE, CLIP text with 16 tokens) and a transformers
+    CLIPModel folder for the CLIP score."""
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
+
+    from st2v_tiny import TOKENIZER_DIR
+
+    ref = models / "diffusers" / REFINER
+    shutil.rmtree(ref, ignore_errors=True)
+    torch.manual_seed(SEEDS["refiner"])
+    unet = UNet3DConditionModel(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                                up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), layers_per_block=1,
+                                cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
+    unet.eval().save_pretrained(ref / "unet")
+    AutoencoderKL(block_out_channels=(16, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, layers_per_block=1,
+                  latent_channels=4).eval().save_pretrained(ref / "vae")
+    CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                                 vocab_size=49408, max_position_embeddings=16, bos_token_id=49406,
+                                 eos_token_id=49407, pad_token_id=49407)).eval().save_pretrained(ref / "text_encoder")
+    shutil.copytree(TOKENIZER_DIR, ref / "tokenizer", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    tc = json.loads((ref / "tokenizer" / "tokenizer_config.json").read_text())
+    _write_json(ref / "tokenizer" / "tokenizer_config.json", {**tc, "model_max_length": 16})
+    shutil.copytree(REPO / "streaming_t2v_core" / "configs" / "modelscope" / "scheduler", ref / "scheduler")
+    _write_json(ref / "model_index.json", {
+        "_class_name": "TextToVideoSDPipeline", "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", "UNet3DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"]})
+
+    clip = models / "clip" / CLIP_MODEL
+    shutil.rmtree(clip, ignore_errors=True)
+    torch.manual_seed(SEEDS["clip"])
+    cfg = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                                      vocab_size=49408, max_position_embeddings=77, bos_token_id=49406,
+                                      eos_token_id=49407, pad_token_id=49407),
+                     vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                        num_attention_heads=4, image_size=32, patch_size=8), projection_dim=16)
+    CLIPModel(cfg).eval().save_pretrained(clip)
+    for f in TOKENIZER_DIR.iterdir():
+        if f.is_file() and f.suffix != ".py":
+            shutil.copy(f, clip / f.name)
+
+
 def write_tiny_models(run_dir: str | Path, *, streaming_t2v: bool = True) -> TinyModels:
     """Write every tiny model under ``run_dir/models`` (replacing earlier copies) and return where they are."""
     _ensure_importable()
@@ -333,6 +384,7 @@ def write_tiny_models(run_dir: str | Path, *, streaming_t2v: bool = True) -> Tin
         _write_live2diff(models)
         if streaming_t2v:
             _write_streaming_t2v(models)
+            _write_refiner_and_clip(models)
     finally:
         torch.random.set_rng_state(rng)
         torch.set_num_threads(threads)

@@ -1,0 +1,109 @@
+"""StreamingT2V and metrics nodes inside a real ComfyUI server: the long-video chain (first chunk -> extend ->
+refine -> save) with the disk-backed video type, the conditioners, metrics, validation and node errors."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from client import Graph
+
+pytestmark = pytest.mark.skipif(os.environ.get("COMFYUI_TINY_ST2V") == "0",
+                                reason="COMFYUI_TINY_ST2V=0: the StreamingT2V tiny models were not written")
+
+ST2V_NODES = ["ST2V_LoadModel", "ST2V_TextToVideo", "ST2V_CAMConditioner", "ST2V_APMConditioner", "ST2V_Extend",
+              "ST2V_LoadRefiner", "ST2V_Refine", "ST2V_VideoToImages", "ST2V_ImagesToVideo", "ST2V_SaveVideo",
+              "ST2V_MAWE", "ST2V_SceneCuts", "ST2V_CLIPScore"]
+
+
+def _loader(m) -> dict:
+    return dict(modelscope=m.modelscope_diffusers, checkpoint=m.st2v_base,
+                image_encoder=f"clip_vision/{m.clip_vision}", dtype="auto")
+
+
+def _chain(m, frames: int = 40):
+    g = Graph()
+    model = g.node("ST2V_LoadModel", **_loader(m))
+    first = g.node("ST2V_TextToVideo", model=model.out(0), prompt="A cat running on the street", negative_prompt="",
+                   seed=1, steps=2, guidance=9.0, width=64, height=64)
+    video = g.node("ST2V_Extend", model=model.out(0), first_chunk=first.out(0),
+                   prompt="A cat running on the street\nA cat jumping over a fence", negative_prompt="",
+                   num_frames=frames, seed=2, steps=2, guidance=7.5)
+    refiner = g.node("ST2V_LoadRefiner", refiner=m.refiner, dtype="auto")
+    refined = g.node("ST2V_Refine", refiner=refiner.out(0), video=video.out(0), prompt="A cat", negative_prompt="",
+                     strength=0.6, chunk=24, overlap=8, width=128, height=64, steps=5, guidance=7.5, seed=3,
+                     scheduler="from the refiner folder", guidance_rescale=0.0)
+    return g, model, first, video, refined
+
+
+def test_object_info_lists_every_node(comfy):
+    info = comfy.object_info()
+    for name in ST2V_NODES:
+        assert name in info, name
+
+
+def test_long_video_chain_and_metrics(comfy, comfy_models):
+    m = comfy_models
+    g, model, first, video, refined = _chain(m, frames=40)
+    save = g.node("ST2V_SaveVideo", video=refined.out(0), filename_prefix="st2v/refined", fps=0.0)
+    images = g.node("ST2V_VideoToImages", video=video.out(0), start=0, count=64, step=1)
+    shown = g.node("PreviewImage", images=images.out(0))
+    mawe = g.node("ST2V_MAWE", frames=images.out(0), flow="opencv-farneback", resize=720)
+    cuts = g.node("ST2V_SceneCuts", frames=refined.out(0), downscale="auto (PySceneDetect default: longest side "
+                  "~256 px)", adaptive_threshold=3.0, min_scene_len=15, min_content_val=15.0)
+    clip = g.node("ST2V_CLIPScore", frames=images.out(0), prompt="a cat", clip_model=f"text_encoders/{m.clip_model}")
+    entry = comfy.run(g.prompt(), timeout=600)
+    batch = comfy.read_image_batch(entry, shown.id)
+    assert batch.shape == (40, 64, 64, 3)  # exactly the requested length, from the disk-backed video
+    saved = entry.outputs[save.id]["images"][0]
+    assert saved["filename"].endswith(".mp4")
+    for node in (mawe, cuts, clip):
+        assert node.id in entry.outputs, node.id  # output nodes: each shows its value
+
+
+def test_conditioners_and_conversions(comfy, comfy_models):
+    m = comfy_models
+    g = Graph()
+    model = g.node("ST2V_LoadModel", **_loader(m))
+    first = g.node("ST2V_TextToVideo", model=model.out(0), prompt="a dog", negative_prompt="", seed=4, steps=1,
+                   guidance=9.0, width=64, height=64)
+    cam = g.node("ST2V_CAMConditioner", frames=first.out(0))
+    apm = g.node("ST2V_APMConditioner", model=model.out(0), anchor=first.out(0))
+    video = g.node("ST2V_Extend", model=model.out(0), first_chunk=first.out(0), prompt="a dog", negative_prompt="",
+                   num_frames=24, seed=5, steps=1, guidance=7.5, cam=cam.out(0), apm=apm.out(0))
+    back = g.node("ST2V_ImagesToVideo", images=first.out(0), fps=8.0)
+    imgs = g.node("ST2V_VideoToImages", video=back.out(0), start=4, count=8, step=2)
+    shown = g.node("PreviewImage", images=imgs.out(0))
+    ext = g.node("ST2V_VideoToImages", video=video.out(0), start=0, count=100, step=1)
+    shown_ext = g.node("PreviewImage", images=ext.out(0))
+    entry = comfy.run(g.prompt(), timeout=600)
+    assert comfy.read_image_batch(entry, shown.id).shape[0] == 6  # frames 4, 6, ..., 14
+    assert comfy.read_image_batch(entry, shown_ext.id).shape[0] == 24
+
+
+def test_validation_and_node_errors(comfy, comfy_models):
+    m = comfy_models
+    g, model, first, video, refined = _chain(m)
+    g.node("ST2V_SaveVideo", video=refined.out(0), filename_prefix="x", fps=0.0)
+    prompt = g.prompt()
+    bad = {k: dict(v, inputs=dict(v["inputs"])) for k, v in prompt.items()}
+    bad[first.id]["inputs"]["width"] = 100
+    assert "multiple of 64" in str(comfy.queue(bad))
+    bad = {k: dict(v, inputs=dict(v["inputs"])) for k, v in prompt.items()}
+    bad[refined.id]["inputs"]["overlap"] = 24
+    assert "overlap must be smaller than chunk" in str(comfy.queue(bad))
+    missing = {k: dict(v, inputs=dict(v["inputs"])) for k, v in prompt.items()}
+    missing[model.id]["inputs"]["checkpoint"] = "nope.base.safetensors"
+    entry = comfy.run(missing, expect="error", timeout=120)
+    assert "nope.base.safetensors" in entry.error["exception_message"]
+    assert "streamingt2v" in entry.error["exception_message"]
+
+
+def test_static_clip_mawe_is_infinite_not_nan(comfy):
+    g = Graph()
+    images = g.node("EmptyImage", width=64, height=64, batch_size=4, color=0x808080)
+    g.node("ST2V_MAWE", frames=images.out(0), flow="opencv-farneback", resize=720)
+    entry = comfy.run(g.prompt(), timeout=120)
+    text = str(entry.outputs)
+    assert "inf" in text.lower() and "nan" not in text.lower()
