@@ -368,7 +368,8 @@ class L2DStreamStep(io.ComfyNode):
                 use_depth, invert_depth, depth=None) -> io.NodeOutput:
         settings = _settings(model, t_index_list, strength, steps, width, height, seed, use_depth, invert_depth)
         depth = _depth_for(depth, images)
-        key = (model.identity(), tuple(sorted(settings.items())))
+        # the seed only matters for the warm-up: a new one (the UI's "randomize") must not reset a live stream
+        key = (model.identity(), tuple(sorted((k, v) for k, v in settings.items() if k != "seed")))
         session = sessions.get(session_id, key)
         pipe = _pipeline_for(model, settings)
         pbar = comfy.utils.ProgressBar(images.shape[0])

@@ -1,0 +1,92 @@
+"""The pack in ComfyUI's real web frontend (headless Debian Chromium driven by Playwright; no browser download):
+nodes registered, workflows listed as templates, every UI workflow loads and converts to exactly its API twin,
+and a UI workflow runs from the page."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.browser
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+TAESD = "taesd (vae_approx/taesd_encoder + taesd_decoder)"
+
+
+@pytest.fixture(scope="module")
+def page(comfy_server):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs Debian chromium (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 900})
+        pg.goto(comfy_server.url)
+        pg.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=120_000)
+        yield pg
+        browser.close()
+
+
+def _ui_files() -> list[Path]:
+    return sorted(WORKFLOWS.glob("*.json"))
+
+
+def test_nodes_registered_and_workflows_listed_as_templates(page, comfy):
+    registered = page.evaluate("() => Object.keys(LiteGraph.registered_node_types)")
+    for name in ("L2D_LoadModel", "L2D_StreamStep", "ST2V_Extend", "ST2V_MAWE"):
+        assert name in registered
+    templates = comfy.get("/api/workflow_templates")
+    assert sorted(templates[comfy.server.pack_name]) == sorted(p.stem for p in _ui_files())
+
+
+@pytest.mark.parametrize("ui_file", _ui_files(), ids=lambda p: p.stem)
+def test_ui_workflow_is_the_api_twin(page, ui_file):
+    ui = json.loads(ui_file.read_text())
+    api = json.loads((WORKFLOWS / "api" / ui_file.name).read_text())
+    page.evaluate("async ([wf]) => { await window.app.loadGraphData(wf); }", [ui])
+    types = page.evaluate("() => window.app.graph._nodes.map(n => n.type)")
+    assert sorted(types) == sorted(n["class_type"] for n in api.values())
+    if "WebcamCapture" in types:
+        return  # converting it captures a camera frame, which a headless browser has not got
+    prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    assert {k: v["class_type"] for k, v in prompt.items()} == {k: v["class_type"] for k, v in api.items()}
+    for node_id, node in api.items():
+        assert prompt[node_id]["inputs"] == node["inputs"], node_id
+
+
+def test_ui_workflow_runs_from_the_page(page, comfy, comfy_models):
+    import cv2
+
+    m = comfy_models
+    clip = Path(comfy.server.run_dir) / "input" / "browser_test.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 8, (64, 64))
+    for i in range(9):
+        writer.write(np.full((64, 64, 3), 20 * i, dtype=np.uint8))
+    writer.release()
+    values = {"L2D_LoadModel": {"base": f"diffusers/{m.sd15_diffusers}", "motion": m.motion, "vae": TAESD,
+                                "depth_model": f"{m.depth}/", "lcm_lora": m.lcm_lora},
+              "L2D_VideoToVideo": {"width": 64, "height": 64}, "LoadVideo": {"file": clip.name}}
+    ui = json.loads((WORKFLOWS / "live2diff_video_to_video.json").read_text())
+    before = set(comfy.history())
+    page.evaluate("""async ([wf, values]) => {
+        await window.app.loadGraphData(wf);
+        for (const node of window.app.graph._nodes)
+            for (const [name, value] of Object.entries(values[node.type] || {}))
+                node.widgets.find(w => w.name === name).value = value;
+        await window.app.queuePrompt(0, 1);
+    }""", [ui, values])
+    deadline = time.time() + 300
+    new = []
+    while time.time() < deadline and not new:
+        new = [pid for pid in comfy.history() if pid not in before]
+        time.sleep(0.5)
+    assert new, "the page did not queue the workflow"
+    entry = comfy.wait(new[0], timeout=300)
+    assert entry.status == "success", entry.describe()
