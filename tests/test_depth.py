@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
+from reference import REFERENCE_DIR
 import torch.nn.functional as F
 
 import live2diff_core.depth as depth_mod
@@ -22,13 +21,8 @@ from live2diff_core.depth import (
     load_depth_estimator,
 )
 
-# Reference list of every tensor of the official dpt_hybrid_384.pt (names + real shapes), when this checkout has it.
-_REFERENCE_CANDIDATES = [
-    os.environ.get("DPT_HYBRID_MIDAS_KEYS", ""),
-    str(Path(__file__).resolve().parents[1] / "shared" / "reference" / "dpt_hybrid_midas_keys.json"),
-    "/work/shared/reference/dpt_hybrid_midas_keys.json",
-]
-REFERENCE_KEYS = next((Path(p) for p in _REFERENCE_CANDIDATES if p and Path(p).is_file()), None)
+# Reference list of every tensor of the official dpt_hybrid_384.pt (names + real shapes).
+REFERENCE_KEYS = REFERENCE_DIR / "dpt_hybrid_midas_keys.json"
 
 TINY_CONFIG = {
     "model_type": "dpt",
@@ -231,8 +225,6 @@ def test_shipped_config_is_dpt_hybrid_midas():
 
 
 def test_generated_midas_names_match_reference_file():
-    if REFERENCE_KEYS is None:
-        pytest.skip("dpt_hybrid_midas_keys.json not available in this checkout")
     ref = json.loads(REFERENCE_KEYS.read_text())["keys"]
     assert len(ref) == 368
     assert midas_reference_shapes() == ref
@@ -241,8 +233,6 @@ def test_generated_midas_names_match_reference_file():
 @pytest.mark.parametrize("source", ["generated", "reference_file"])
 def test_midas_keys_map_one_to_one_on_real_size_model(source):
     if source == "reference_file":
-        if REFERENCE_KEYS is None:
-            pytest.skip("dpt_hybrid_midas_keys.json not available in this checkout")
         shapes = json.loads(REFERENCE_KEYS.read_text())["keys"]
     else:
         shapes = midas_reference_shapes()

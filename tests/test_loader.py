@@ -6,18 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import REFERENCE_DIR
 from safetensors.torch import save_file
 from tiny import TINY_UNET_CONFIG, tiny_video_unet
 
 from live2diff_core.loader import build_video_unet, load_unet, motion_keys
 from live2diff_core.sd_checkpoint import SHIPPED_CONFIG_DIR, load_config
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "live2diff_keys.json"
+REFERENCE = REFERENCE_DIR / "live2diff_keys.json"
 
 
 def _reference():
-    if not REFERENCE.is_file():
-        pytest.skip(f"reference key list not found at {REFERENCE}")
     return json.loads(REFERENCE.read_text())
 
 

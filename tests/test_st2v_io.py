@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reference import REFERENCE_DIR
 import torch.nn.functional as F
 
 from streaming_t2v_core import convert as st2v_convert
@@ -23,7 +24,7 @@ from streaming_t2v_core import image_encoder as ie
 from streaming_t2v_core import weights_io as wio
 
 REPO = Path(__file__).resolve().parents[1]
-REF_IMAGE_KEYS = REPO.parent / "shared" / "reference" / "streaming_t2v_image_encoder_keys.json"
+REF_IMAGE_KEYS = REFERENCE_DIR / "streaming_t2v_image_encoder_keys.json"
 
 TINY_VIT = dict(
     hidden_size=64,

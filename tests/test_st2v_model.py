@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import REFERENCE_DIR
 from st2v_tiny import LATENT, TINY_ST2V_UNET_CONFIG, tiny_inputs, tiny_st2v_model
 
 from streaming_t2v_core.loading import build_skeleton, load_model
 from streaming_t2v_core.model import StreamingT2VModel
 from streaming_t2v_core.weights_io import save_safetensors
 
-REFERENCE_KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "streaming_t2v_keys.json"
+REFERENCE_KEYS = REFERENCE_DIR / "streaming_t2v_keys.json"
 T = 501
 
 
