@@ -18,6 +18,16 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-dev-shm-usage"]
 
 
+def _drop_nulls(value):
+    """The frontend's serializer writes ``null`` for unset optional fields, which its own workflow schema then
+    rejects with an alert when the file is loaded: leave them out."""
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
 def main(url: str, chromium: str = "/usr/bin/chromium") -> None:
     from playwright.sync_api import sync_playwright
 
@@ -37,6 +47,7 @@ def main(url: str, chromium: str = "/usr/bin/chromium") -> None:
                 return window.app.graph.serialize();
             }""", [api, api_file.stem])
             out = HERE / api_file.name
+            ui = _drop_nulls(ui)
             out.write_text(json.dumps(ui, indent=2) + "\n")
             print(f"wrote {out} ({len(ui['nodes'])} nodes, {len(ui['links'])} links)")
         browser.close()

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.browser
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]  # a fake camera for the webcam
 TAESD = "taesd (vae_approx/taesd_encoder + taesd_decoder)"
 
 
@@ -61,32 +62,63 @@ def test_ui_workflow_is_the_api_twin(page, ui_file):
         assert prompt[node_id]["inputs"] == node["inputs"], node_id
 
 
-def test_ui_workflow_runs_from_the_page(page, comfy, comfy_models):
+def _clip(comfy, name: str) -> str:
     import cv2
 
-    m = comfy_models
-    clip = Path(comfy.server.run_dir) / "input" / "browser_test.mp4"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 8, (64, 64))
+    path = Path(comfy.server.run_dir) / "input" / name
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 8, (64, 64))
     for i in range(9):
         writer.write(np.full((64, 64, 3), 20 * i, dtype=np.uint8))
     writer.release()
-    values = {"L2D_LoadModel": {"base": f"diffusers/{m.sd15_diffusers}", "motion": m.motion, "vae": TAESD,
-                                "depth_model": f"{m.depth}/", "lcm_lora": m.lcm_lora},
-              "L2D_VideoToVideo": {"width": 64, "height": 64}, "LoadVideo": {"file": clip.name}}
-    ui = json.loads((WORKFLOWS / "live2diff_video_to_video.json").read_text())
+    return path.name
+
+
+def _overrides(m, comfy) -> dict[str, dict]:
+    """The test-override table of workflows/README.md, as widget values."""
+    return {
+        "L2D_LoadModel": {"base": f"diffusers/{m.sd15_diffusers}", "motion": m.motion, "vae": TAESD,
+                          "depth_model": f"{m.depth}/", "lcm_lora": m.lcm_lora},
+        "L2D_VideoToVideo": {"width": 64, "height": 64},
+        "L2D_StreamStep": {"width": 64, "height": 64, "session_id": "browser-webcam"},
+        "WebcamCapture": {"width": 64, "height": 64},
+        "LoadVideo": {"file": _clip(comfy, "browser_test.mp4")},
+        "ST2V_LoadModel": {"modelscope": m.modelscope_diffusers, "checkpoint": m.st2v_base,
+                           "image_encoder": f"clip_vision/{m.clip_vision}"},
+        "ST2V_TextToVideo": {"steps": 2, "width": 64, "height": 64},
+        "ST2V_Extend": {"num_frames": 24, "steps": 1},
+        "ST2V_LoadRefiner": {"refiner": m.refiner},
+        "ST2V_Refine": {"width": 128, "height": 64, "steps": 3},
+        "ST2V_CLIPScore": {"clip_model": f"text_encoders/{m.clip_model}"},
+    }
+
+
+@pytest.mark.parametrize("ui_file", _ui_files(), ids=lambda p: p.stem)
+def test_ui_workflow_runs_from_the_page(page, comfy, comfy_models, ui_file):
+    """Load the UI workflow, set the tiny models, queue it from the page; it runs to success (screenshot kept in
+    the run dir). The webcam workflow captures from Chromium's fake camera."""
+    ui = json.loads(ui_file.read_text())
+    values = _overrides(comfy_models, comfy)
     before = set(comfy.history())
     page.evaluate("""async ([wf, values]) => {
         await window.app.loadGraphData(wf);
         for (const node of window.app.graph._nodes)
             for (const [name, value] of Object.entries(values[node.type] || {}))
                 node.widgets.find(w => w.name === name).value = value;
-        await window.app.queuePrompt(0, 1);
+        window.app.graph.setDirtyCanvas(true, true);
     }""", [ui, values])
-    deadline = time.time() + 300
+    assert page.locator("text=Invalid workflow").count() == 0, "the frontend rejected the workflow file"
+    if "webcam" in ui_file.stem:  # wait until the fake camera streams into the capture widget's <video>
+        page.wait_for_function("() => [...document.querySelectorAll('video')].some(v => v.readyState >= 2 && "
+                               "v.videoWidth > 0)", timeout=60_000)
+    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+    deadline = time.time() + 600
     new = []
     while time.time() < deadline and not new:
         new = [pid for pid in comfy.history() if pid not in before]
         time.sleep(0.5)
     assert new, "the page did not queue the workflow"
-    entry = comfy.wait(new[0], timeout=300)
+    entry = comfy.wait(new[0], timeout=600)
+    shots = Path(comfy.server.run_dir) / "screenshots"
+    shots.mkdir(exist_ok=True)
+    page.screenshot(path=str(shots / f"{ui_file.stem}.png"))
     assert entry.status == "success", entry.describe()
