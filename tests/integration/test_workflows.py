@@ -70,3 +70,22 @@ def test_video_metrics_workflow(comfy, comfy_models):
     })
     entry = comfy.run(prompt, timeout=300)
     assert {"3", "4", "5"} <= set(entry.outputs)
+
+
+def test_readme_headless_client_example(comfy, comfy_models, capsys):
+    """examples/run_api_workflow.py (the README's headless example) runs a shipped workflow to success."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_api_workflow", WORKFLOWS.parents[1] / "examples" /
+                                                  "run_api_workflow.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    m = comfy_models
+    sets = [f"L2D_LoadModel.base=diffusers/{m.sd15_diffusers}", f"L2D_LoadModel.motion={m.motion}",
+            f"L2D_LoadModel.depth_model={m.depth}/", f"L2D_LoadModel.lcm_lora={m.lcm_lora}",
+            "L2D_VideoToVideo.width=64", "L2D_VideoToVideo.height=64", f"LoadVideo.file={_clip(comfy, 'cli.mp4')}"]
+    argv = [str(WORKFLOWS / "live2diff_video_to_video.json"), "--url", comfy.server.url, "--timeout", "300"]
+    for s in sets:
+        argv += ["--set", s]
+    assert module.main(argv) == 0
+    assert ".mp4" in capsys.readouterr().out
