@@ -136,7 +136,27 @@ class CAMMerger(nn.Module):
         return self.temporal_transformer(sample, condition, num_frames)
 
 
-class CAMEncoder(nn.Module):
+class UNetPartsMixin:
+    """dtype/device/skip structure of a module that holds a UNet3D's ``conv_in`` and ``down_blocks``."""
+
+    conv_in: nn.Module
+    down_blocks: nn.ModuleList
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv_in.weight.device
+
+    @property
+    def skip_channels(self) -> list[int]:
+        """Channels of the down residuals / long skips, in order."""
+        return skip_channels(self.conv_in, self.down_blocks)
+
+
+class CAMEncoder(UNetPartsMixin, nn.Module):
     """The CAM encoder: the UNet3D's input, down and mid parts plus the frame encoder (see the module doc).
 
     Built from a diffusers ``UNet3DConditionModel`` whose modules it takes over (its up path is not used);
@@ -159,18 +179,6 @@ class CAMEncoder(nn.Module):
     def _blocks(self) -> list[tuple[str, nn.Module]]:
         return [(f"down_blocks.{i}", b) for i, b in enumerate(self.down_blocks)] + [("mid_block", self.mid_block)]
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv_in.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.conv_in.weight.device
-
-    @property
-    def skip_channels(self) -> list[int]:
-        """Channels of the down residuals, in order (the same structure as the base UNet's long skips)."""
-        return skip_channels(self.conv_in, self.down_blocks)
 
     def forward(self, latents: Tensor, timestep: Tensor | float | int, text_embeds: Tensor,
                 cond_frames: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:

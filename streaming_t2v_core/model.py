@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .apm import (IMAGE_EMBED_DIM, IMAGE_TOKENS, RESAMPLER_INNER_DIM, TEXT_TOKENS, ImageContextResampler,
                   attach_apm_layers, use_compact_context_processor)
-from .cam import CAM_FRAMES, COND_CHANNELS, CAMEncoder, CAMMerger, embed_timesteps, skip_channels
+from .cam import CAM_FRAMES, COND_CHANNELS, CAMEncoder, CAMMerger, UNetPartsMixin, embed_timesteps
 
 SHIPPED_UNET_CONFIG = Path(__file__).resolve().parent / "configs" / "modelscope" / "unet" / "config.json"
 CHUNK_FRAMES = 16
@@ -75,7 +75,7 @@ def build_unet3d(config: Mapping[str, Any] | str | os.PathLike | None = None) ->
     return UNet3DConditionModel.from_config(cfg)
 
 
-class StreamingUNet3D(nn.Module):
+class StreamingUNet3D(UNetPartsMixin, nn.Module):
     """The base UNet (checkpoint prefix ``base_model.``): a diffusers ``UNet3DConditionModel`` plus the 13 CAM
     mergers and the APM mixing in its spatial cross-attentions."""
 
@@ -89,7 +89,7 @@ class StreamingUNet3D(nn.Module):
         self.num_upsamplers = int(getattr(unet3d, "num_upsamplers", len(self.up_blocks) - 1))
         self.text_tokens = text_tokens
         self.cross_attention_merger_down_blocks = nn.ModuleList(
-            CAMMerger(c) for c in skip_channels(self.conv_in, self.down_blocks))
+            CAMMerger(c) for c in self.skip_channels)
         self.cross_attention_merger_mid_block = CAMMerger(cfg["block_out_channels"][-1])
         blocks = ([(f"down_blocks.{i}", b) for i, b in enumerate(self.down_blocks)] + [("mid_block", self.mid_block)]
                   + [(f"up_blocks.{i}", b) for i, b in enumerate(self.up_blocks)])
@@ -98,18 +98,6 @@ class StreamingUNet3D(nn.Module):
         else:
             use_compact_context_processor(blocks)
             self.apm_layer_names = []
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv_in.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.conv_in.weight.device
-
-    @property
-    def skip_channels(self) -> list[int]:
-        return skip_channels(self.conv_in, self.down_blocks)
 
     def forward(self, sample: Tensor, timestep: Tensor | float | int, encoder_hidden_states: Tensor,
                 cam_residuals: tuple[Sequence[Tensor], Tensor] | None = None) -> Tensor:
