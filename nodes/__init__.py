@@ -11,7 +11,7 @@ from . import paths
 
 log = logging.getLogger(__name__)
 
-_NODE_MODULES = (".live2diff_nodes", ".streaming_t2v_nodes", ".metrics_nodes")
+_NODE_MODULES = (".live2diff_nodes", ".streaming_t2v_nodes", ".metrics_nodes", ".download_nodes")
 
 paths.register_folders()
 
