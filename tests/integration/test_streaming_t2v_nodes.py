@@ -3,7 +3,6 @@ refine -> save) with the disk-backed video type, the conditioners, metrics, vali
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
