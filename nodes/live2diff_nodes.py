@@ -38,6 +38,7 @@ class Live2DiffModel:
     depth: Path | None
     lcm_lora: Path | None
     loras: tuple[tuple[Path, float, str], ...] = ()
+    vae: Path | None = None  # an SD KL VAE (when taesd is None); both None = the base model's VAE
     dtype: str = "auto"
     sinks: int = 8
     window: int = 16
@@ -53,7 +54,8 @@ class Live2DiffModel:
         return torch.bfloat16 if mm.should_use_bf16(device) else torch.float32
 
     def identity(self) -> tuple:
-        files = [self.base, self.motion, self.taesd, self.depth, self.lcm_lora] + [p for p, _, _ in self.loras]
+        files = [self.base, self.motion, self.taesd, self.vae, self.depth, self.lcm_lora] + [p for p, _, _ in
+                                                                                          self.loras]
         return (tuple(paths.identity(p) if p is not None else None for p in files),
                 tuple((s, m) for _, s, m in self.loras), str(self.torch_dtype()))
 
@@ -63,7 +65,7 @@ class Live2DiffModel:
 
         def load():
             pipe = Live2DiffPipeline.from_files(
-                self.base, self.motion, taesd=self.taesd, depth=self.depth, lcm_lora=self.lcm_lora,
+                self.base, self.motion, taesd=self.taesd, vae=self.vae, depth=self.depth, lcm_lora=self.lcm_lora,
                 loras=[(p, s) for p, s, _ in self.loras], lora_mode=self.loras[-1][2] if self.loras else "standard",
                 dtype=dtype, device=mm.unet_offload_device())
             parts = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder,
@@ -93,7 +95,17 @@ def _taesd_options() -> list[str]:
     names = paths.files("vae_approx")
     options = [TAESD_PAIR] if {"taesd_encoder.safetensors", "taesd_decoder.safetensors"} <= set(names) or \
         {"taesd_encoder.pth", "taesd_decoder.pth"} <= set(names) else []
-    return options + [f"vae_approx/{d}" for d in paths.model_folders("vae_approx")] + [BASE_VAE]
+    return (options + [f"vae_approx/{d}" for d in paths.model_folders("vae_approx")]
+            + [f"vae/{f}" for f in paths.files("vae")] + [f"vae/{d}/" for d in paths.model_folders("vae")]
+            + [BASE_VAE])
+
+
+def _resolve_vae(choice: str) -> tuple[Path | None, Path | None]:
+    """``(taesd, kl_vae)`` paths for the loader's ``vae`` choice (both None = the base model's own VAE)."""
+    if choice.startswith("vae/"):
+        name = choice[len("vae/"):]
+        return None, (paths.resolve_folder("vae", name[:-1]) if name.endswith("/") else paths.resolve_file("vae", name))
+    return _resolve_taesd(choice), None
 
 
 def _resolve_taesd(choice: str) -> Path | None:
@@ -212,7 +224,8 @@ class L2DLoadModel(io.ComfyNode):
                                        "folder from models/diffusers"),
                 io.Combo.Input("motion", options=_motion_options(), tooltip="live2diff.ckpt in models/live2diff"),
                 io.Combo.Input("vae", options=_taesd_options(),
-                               tooltip="TAESD (fast, official) from models/vae_approx, or the base model's VAE"),
+                               tooltip="TAESD (fast, official) from models/vae_approx, an SD VAE from models/vae, "
+                                       "or the base model's own VAE"),
                 io.Combo.Input("depth_model", options=_depth_options(),
                                tooltip="dpt_hybrid_384.pt or an Intel/dpt-hybrid-midas folder in models/live2diff"),
                 io.Combo.Input("lcm_lora", options=[paths.NONE] + paths.files("loras"),
@@ -224,8 +237,9 @@ class L2DLoadModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, base, motion, vae, depth_model, lcm_lora, dtype) -> io.NodeOutput:
+        taesd, kl_vae = _resolve_vae(vae)
         handle = Live2DiffModel(
-            base=_resolve_base(base), motion=paths.resolve_file("live2diff", motion), taesd=_resolve_taesd(vae),
+            base=_resolve_base(base), motion=paths.resolve_file("live2diff", motion), taesd=taesd, vae=kl_vae,
             depth=_resolve_depth(depth_model),
             lcm_lora=None if lcm_lora == paths.NONE else paths.resolve_file("loras", lcm_lora), dtype=dtype)
         handle.pipeline()  # load now: missing or broken files fail here, with the file named

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+import pytest
+
 from client import Graph, load_api_workflow, override
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows" / "api"
@@ -177,3 +179,24 @@ def test_patcher_and_lora_return_new_handles(comfy, comfy_models):
     assert comfy.read_image_batch(entry, shown_depth.id).shape == (6, 64, 64, 3)
     kinds = [e["label"] for e in comfy.get("/stream_video/cache")["models"]]
     assert len(kinds) == 2  # the base model and its LoRA copy: the cached base is never mutated
+
+
+@pytest.mark.parametrize("vae", ["vae/tiny-kl-vae/", "base model VAE"])
+def test_kl_vae_choices(comfy, comfy_models, vae):
+    """The SD KL VAE instead of TAESD: from models/vae, or the base model's own."""
+    import shutil
+
+    m = comfy_models
+    source = Path(comfy.server.run_dir) / "models" / "diffusers" / m.sd15_diffusers / "vae"
+    target = Path(comfy.server.run_dir) / "models" / "vae" / "tiny-kl-vae"
+    if not target.exists():
+        shutil.copytree(source, target)
+    g = Graph()
+    model = g.node("L2D_LoadModel", **{**_loader(m), "vae": vae})
+    cond = g.node("L2D_EncodePrompt", model=model.out(0), text="x", clip_layer=10)
+    images = g.node("EmptyImage", width=64, height=64, batch_size=9, color=0x446688)
+    v2v = g.node("L2D_VideoToVideo", model=model.out(0), images=images.out(0), conditioning=cond.out(0),
+                 t_index_list="30,40", strength=0.0, steps=50, seed=0, use_depth=True, invert_depth=False, **SIZE)
+    shown = g.node("PreviewImage", images=v2v.out(0))
+    entry = comfy.run(g.prompt(), timeout=300)
+    assert comfy.read_image_batch(entry, shown.id).shape[0] == 9
