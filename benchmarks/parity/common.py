@@ -68,3 +68,17 @@ def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.shape != b.shape:
         raise ValueError(f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}")
     return float((a.to(torch.float64) - b.to(torch.float64)).abs().max())
+
+
+def emit(summary: dict, name: str, json_out: str | None) -> None:
+    """Print the summary and write it (``json_out``; default ``benchmarks/results/<name>-cpu-<date>.json``;
+    ``"-"``: print only)."""
+    import datetime as dt
+
+    text = json.dumps(summary, indent=1, default=list)
+    print(text)
+    if json_out != "-":
+        path = Path(json_out) if json_out else (
+            REPO / "benchmarks" / "results" / f"{name}-cpu-{dt.date.today().isoformat()}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")

@@ -31,8 +31,6 @@ Exit status 0 when every difference is within its tolerance; 1 otherwise (2 when
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import os
 import math
 import sys
@@ -42,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from common import REPO, load_file_module, load_package, maxdiff, run_official, write_work  # noqa: E402
+from common import REPO, emit, load_file_module, load_package, maxdiff, run_official, write_work  # noqa: E402
 DRIVER = Path(__file__).with_name("official_streaming_t2v.py")
 MAWE_COEFF = 9.5
 
@@ -402,13 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                               "total": round(time.time() - t0, 1)}},
         "details": details,
     }
-    text = json.dumps(summary, indent=1, default=list)
-    print(text)
-    if args.json_out != "-":
-        path = Path(args.json_out) if args.json_out else (
-            REPO / "benchmarks" / "results" / f"parity_streaming_t2v-cpu-{_dt.date.today().isoformat()}.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
+    emit(summary, "parity_streaming_t2v", args.json_out)
     if tmp is not None:
         tmp.cleanup()
     return 0 if ok else 1
