@@ -18,23 +18,16 @@ from safetensors.torch import load_file, save_file
 REPO = Path(__file__).resolve().parents[2]
 
 
-def load_package(name: str) -> None:
-    """Import a core package without putting the repository root on sys.path (as tests/conftest.py does)."""
-    if name in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(name, REPO / name / "__init__.py",
-                                                  submodule_search_locations=[str(REPO / name)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-
-
 def load_file_module(name: str, path: Path) -> ModuleType:
     """Import one file as a module (test helpers, the toy model of a driver)."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# the core packages are imported by path, as the benchmark scripts do (benchmarks/common.py)
+load_package = load_file_module("_benchmarks_common", REPO / "benchmarks" / "common.py").import_package
 
 
 def write_work(work: Path, weights: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
