@@ -26,6 +26,8 @@ class StreamEngine:
 
     ``latent_height``/``latent_width`` are latent units (pixels / 8). ``t_index_list`` indexes the
     ``num_inference_steps`` LCM timesteps (or give ``strength``). ``text_embeds`` is ``[1, 77, D]``.
+    ``acceleration``: ``"none"``, ``"cuda_graph"`` or ``"compile"`` for the streaming UNet call (see
+    :mod:`live2diff_core.acceleration`).
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class StreamEngine:
         sinks: int = 8,
         generator: torch.Generator | None = None,
         scheduler=None,
+        acceleration: str = "none",
     ) -> None:
         if t_index_list is None and strength is None:
             t_index_list = (30, 40)
@@ -57,6 +60,8 @@ class StreamEngine:
         self.text = text_embeds.to(self.device, self.dtype)
         self.generator = generator
         self.cache = unet.new_cache(self.num_steps, latent_height, latent_width, window=window, sinks=sinks)
+        self.acceleration = acceleration
+        self.runner = unet.stream_runner(self.cache, acceleration) if acceleration != "none" else None
         self._reset_buffers()
 
     # ------------------------------------------------------------------ state
@@ -113,7 +118,7 @@ class StreamEngine:
             raise ValueError(f"{what} must be [N, 4, {self.height}, {self.width}], got {tuple(x.shape)}")
         if frames is not None and x.shape[0] != frames:
             raise ValueError(f"{what} needs exactly {frames} frames, got {x.shape[0]}")
-        if not torch.isfinite(x).all():
+        if not x.is_cuda and not torch.isfinite(x).all():  # on a GPU this check would stall the stream
             raise ValueError(f"{what} contains NaN or infinite values")
         return x.to(self.device, self.dtype)
 
@@ -199,7 +204,7 @@ class StreamEngine:
         if d_new is not None:
             depth = torch.cat([d_new, self._d_buf]) if t > 1 else d_new
         eps = self.unet.stream(x, self.coef.timesteps, self.text.expand(t, -1, -1), depth, self.cache,
-                               head_active=head_active)
+                               head_active=head_active, runner=self.runner)
         x0 = self.coef.denoise(x, eps, slice(None))
         if t > 1:
             self._x_buf = self.coef.add_noise(x0[:-1], noise[1:, :, None], slice(1, None))

@@ -34,14 +34,20 @@ class StreamTables:
     ``active[i]``: row ``i`` holds a real frame in this call (its K/V are written). ``write_slot[i]``: the slot the
     row's new K/V go to. ``mask[i, s]``: slot ``s`` is visible to row ``i``'s query. ``key_pos[i, s]``: positional
     index of slot ``s`` for row ``i``. ``query_pos[i]``: positional index of row ``i``'s query.
+
+    The device tensors are views into two buffers the cache owns and refills in place for every call (static
+    addresses, so a captured CUDA graph can read them); ``host_active``/``host_write_slot`` are the same values on
+    the host, so no device read-back is needed.
     """
 
     active: Tensor
-    active_rows: Tensor
     write_slot: Tensor
     mask: Tensor
     key_pos: Tensor
     query_pos: Tensor
+    rows: Tensor
+    host_active: tuple[bool, ...]
+    host_write_slot: tuple[int, ...]
 
 
 @dataclass
@@ -57,6 +63,7 @@ class KVCache:
     calls: int = 0
     _journal: list | None = field(default=None, repr=False)
     _saved: tuple | None = field(default=None, repr=False)
+    _table_buffers: tuple | None = field(default=None, repr=False)
 
     # ---------------------------------------------------------------- creation
     @classmethod
@@ -150,18 +157,21 @@ class KVCache:
         self._journal = []
         self._saved = (list(self.warm), list(self.filled), list(self.occupied), self.calls)
 
-    def record(self, layer_index: int, rows: Tensor, slots: Tensor) -> None:
-        """Save ``layers[layer_index][rows, :, :, slots]`` before it is overwritten (no-op outside a
-        transaction)."""
+    def record_call(self, tables: StreamTables) -> None:
+        """Save every slot the coming streaming call overwrites (one slot per row and layer) before it is
+        overwritten; a no-op outside a transaction."""
         if self._journal is not None:
-            self._journal.append((layer_index, rows, slots, self.layers[layer_index][rows, :, :, slots].clone()))
+            slots = tables.write_slot.clone()
+            for index, layer in enumerate(self.layers):
+                self._journal.append((index, slots, layer[tables.rows, :, :, slots].clone()))
 
     def rollback(self) -> None:
         """Undo everything since :meth:`begin`."""
         if self._journal is None:
             raise RuntimeError("rollback() without begin()")
-        for layer_index, rows, slots, data in reversed(self._journal):
-            self.layers[layer_index][rows, :, :, slots] = data
+        for layer_index, slots, data in reversed(self._journal):
+            layer = self.layers[layer_index]
+            layer[torch.arange(self.num_steps, device=layer.device), :, :, slots] = data
         self.warm, self.filled, self.occupied, self.calls = self._saved
         self._journal = self._saved = None
 
@@ -176,17 +186,22 @@ class KVCache:
         return [head_active] + self.occupied[:-1]
 
     def tables(self, head_active: bool = True) -> StreamTables:
-        """Tables for the next streaming call (the K/V write of this call included)."""
+        """Tables for the next streaming call (the K/V write of this call included). Built on the host and copied
+        into the cache's static device buffers (no allocation on the device, one host-to-device copy per buffer)."""
         t, w, s, r = self.num_steps, self.window, self.sinks, self.recent
         occupancy = self.next_occupancy(head_active)
-        active = torch.tensor(occupancy, dtype=torch.bool)
-        write_slot = torch.zeros(t, dtype=torch.long)
-        mask = torch.zeros(t, w, dtype=torch.bool)
-        key_pos = torch.arange(w).repeat(t, 1)
-        query_pos = torch.zeros(t, dtype=torch.long)
+        # int64 buffer: write_slot [t] | query_pos [t] | key_pos [t, w] | rows [t];  bool buffer: active [t] | mask
+        ints = torch.zeros(t * (w + 3), dtype=torch.long)
+        bools = torch.zeros(t * (w + 1), dtype=torch.bool)
+        write_slot, query_pos = ints[:t], ints[t:2 * t]
+        key_pos, rows = ints[2 * t:2 * t + t * w].view(t, w), ints[2 * t + t * w:]
+        active, mask = bools[:t], bools[t:].view(t, w)
+        key_pos.copy_(torch.arange(w).repeat(t, 1))
+        rows.copy_(torch.arange(t))
         mask[:, :s] = True
         for i in range(t):
             n = self.filled[i]  # streamed frames already in row i
+            active[i] = occupancy[i]
             visible = n + 1 if occupancy[i] else n  # frames visible after this call's write
             write_slot[i] = s + n % r
             # the ring buffer holds stream frames first..visible-1; frame m lives in slot s + m % r and gets
@@ -196,19 +211,44 @@ class KVCache:
                 mask[i, s + m % r] = True
                 key_pos[i, s + m % r] = s + (m - first)
             query_pos[i] = s + (visible - 1 - first) if occupancy[i] else 0
-        dev = self.device
+        dev_ints, dev_bools = self._device_table_buffers()
+        dev_ints.copy_(ints, non_blocking=dev_ints.is_cuda)
+        dev_bools.copy_(bools, non_blocking=dev_bools.is_cuda)
+        return self.device_tables(tuple(occupancy), tuple(int(v) for v in write_slot))
+
+    def device_tables(self, host_active: tuple[bool, ...] = (), host_write_slot: tuple[int, ...] = ()
+                      ) -> StreamTables:
+        """Views of the static device buffers that :meth:`tables` fills (what a captured graph reads)."""
+        t, w = self.num_steps, self.window
+        ints, bools = self._device_table_buffers()
         return StreamTables(
-            active=active.to(dev),
-            active_rows=torch.nonzero(active).flatten().to(dev),
-            write_slot=write_slot.to(dev),
-            mask=mask.to(dev),
-            key_pos=key_pos.to(dev),
-            query_pos=query_pos.to(dev),
+            active=bools[:t],
+            write_slot=ints[:t],
+            mask=bools[t:].view(t, w),
+            key_pos=ints[2 * t:2 * t + t * w].view(t, w),
+            query_pos=ints[t:2 * t],
+            rows=ints[2 * t + t * w:],
+            host_active=host_active,
+            host_write_slot=host_write_slot,
         )
+
+    def state_tensors(self) -> list[Tensor]:
+        """Every device tensor a streaming call reads or writes outside its inputs (for graph capture checks)."""
+        return [*self.layers, *self._device_table_buffers()]
+
+    def _device_table_buffers(self) -> tuple[Tensor, Tensor]:
+        """The two device buffers behind :meth:`tables` (allocated once per cache and device)."""
+        t, w = self.num_steps, self.window
+        bufs = self._table_buffers
+        if bufs is None or bufs[0].device != self.device:
+            bufs = (torch.zeros(t * (w + 3), dtype=torch.long, device=self.device),
+                    torch.zeros(t * (w + 1), dtype=torch.bool, device=self.device))
+            self._table_buffers = bufs
+        return bufs
 
     def advance(self, tables: StreamTables) -> None:
         """Commit one streaming call: the active rows each gained one frame."""
-        occupancy = tables.active.cpu().tolist()
+        occupancy = list(tables.host_active)
         for i, used in enumerate(occupancy):
             self.filled[i] += int(used)
         self.occupied = occupancy

@@ -20,6 +20,7 @@ from diffusers.models.attention import FeedForward
 from torch import Tensor, nn
 
 from .attention_plan import AttentionPlan
+from .fused_attention import fused_weight
 from .kv_cache import KVCache, StreamTables
 
 
@@ -83,14 +84,22 @@ class TemporalSelfAttention(nn.Module):
         self.to_v = nn.Linear(channels, channels, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(channels, channels), nn.Dropout(0.0)])
         self.pos_encoder = PositionalEncoding(channels, max_positions)
+        self.fuse_qkv = True  # inference only: with autograd on, the separate projections run
 
     @property
     def max_positions(self) -> int:
         return int(self.pos_encoder.pe.shape[1])
 
-    def _pe_projections(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        pe = self.pos_encoder.pe[0].to(dtype)
-        return F.linear(pe, self.to_q.weight), F.linear(pe, self.to_k.weight), F.linear(pe, self.to_v.weight)
+    def _projections(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """q, k, v of ``x`` and the projected positional table ``[max_positions, 3C]`` (q|k|v)."""
+        if self.fuse_qkv and not torch.is_grad_enabled():
+            weight, _ = fused_weight(self)  # the projections have no bias
+            q, k, v = F.linear(x, weight).chunk(3, dim=-1)
+            return q, k, v, F.linear(self.pos_encoder.pe[0].to(x.dtype), weight)
+        pe = self.pos_encoder.pe[0].to(x.dtype)
+        pe_qkv = torch.cat([F.linear(pe, self.to_q.weight), F.linear(pe, self.to_k.weight),
+                            F.linear(pe, self.to_v.weight)], dim=-1)
+        return self.to_q(x), self.to_k(x), self.to_v(x), pe_qkv
 
     def _split(self, x: Tensor) -> Tensor:
         """``[..., L, C] -> [..., heads, L, d]``."""
@@ -104,8 +113,8 @@ class TemporalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, ctx: TemporalContext) -> Tensor:
         """``x``: ``[B, hw, F, C]`` (already layer-normed); returns the attention output (before residual)."""
-        q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
-        q_pe, k_pe, v_pe = self._pe_projections(x.dtype)
+        q, k, v, pe = self._projections(x)
+        q_pe, k_pe, v_pe = pe.chunk(3, dim=-1)
         if ctx.mode == "stream":
             out = self._stream(q, k, v, q_pe, k_pe, v_pe, ctx)
         else:
@@ -143,11 +152,11 @@ class TemporalSelfAttention(nn.Module):
                 ctx: TemporalContext) -> Tensor:
         tables = ctx.tables
         layer = ctx.cache.layers[self.layer_index]  # [T, 2, hw, W, C]
-        rows = tables.active_rows
-        slots = tables.write_slot[rows]
-        ctx.cache.record(self.layer_index, rows, slots)
-        layer[rows, 0, :, slots] = k[rows, :, 0]
-        layer[rows, 1, :, slots] = v[rows, :, 0]
+        rows, slots = tables.rows, tables.write_slot
+        # static shapes: every row writes its slot; rows without a real frame write back what was there
+        keep = ~tables.active[:, None, None]
+        layer[rows, 0, :, slots] = torch.where(keep, layer[rows, 0, :, slots], k[:, :, 0])
+        layer[rows, 1, :, slots] = torch.where(keep, layer[rows, 1, :, slots], v[:, :, 0])
         keys = layer[:, 0] + k_pe[tables.key_pos][:, None]  # [T, hw, W, C]
         values = layer[:, 1] + v_pe[tables.key_pos][:, None]
         q = q + q_pe[tables.query_pos][:, None, None]  # [T, hw, 1, C]

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .acceleration import ACCELERATIONS, CapturedCall
 from .depth import DepthEstimator, depth_to_condition, load_depth_estimator
 from .engine import StreamEngine
 from .frame_filter import SimilarFrameFilter
@@ -52,8 +53,11 @@ class StreamSettings:
     similar_filter: bool = False
     similar_threshold: float = 0.98
     similar_max_skip: int = 10
+    acceleration: str = "none"
 
     def validate(self) -> None:
+        if self.acceleration not in ACCELERATIONS:
+            raise ValueError(f"acceleration must be one of {ACCELERATIONS}, got {self.acceleration!r}")
         for name in ("width", "height"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 64 or v % 64:
@@ -86,6 +90,7 @@ class Live2DiffPipeline:
         self.text_encoder = text_encoder
         self.depth_estimator = depth_estimator
         self._stream: _Stream | None = None
+        self._calls: dict[tuple[str, str], CapturedCall] = {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -168,7 +173,9 @@ class Live2DiffPipeline:
         return x[..., top:top + height, left:left + width]
 
     def _to_working(self, frames: Tensor, s: StreamSettings) -> Tensor:
-        x = frames.to(self.device, torch.float32).permute(0, 3, 1, 2)
+        if self.device.type == "cuda" and frames.device.type == "cpu":  # async upload, overlaps queued GPU work
+            frames = frames.to(torch.float32).pin_memory()
+        x = frames.to(self.device, torch.float32, non_blocking=True).permute(0, 3, 1, 2)
         return (self._resize_crop(x, s.height, s.width) * 2 - 1).to(self.dtype)
 
     @staticmethod
@@ -178,9 +185,41 @@ class Live2DiffPipeline:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
         return x.permute(0, 2, 3, 1).cpu()
 
-    def _depth_latents(self, images: Tensor, depth_maps: Tensor | None, s: StreamSettings,
-                       generator: torch.Generator | None) -> Tensor | None:
-        """Depth latents for working-size ``images`` (``[N,3,h,w]`` in [-1,1]), normalised jointly over N."""
+    def _call(self, name: str, mode: str) -> CapturedCall:
+        """The codec/depth call ``name`` under acceleration ``mode`` (one per pipeline, re-captured on a new shape
+        or when the weights move)."""
+        key = (name, mode)
+        if key not in self._calls:
+            if name == "encode":
+                fn, modules = (lambda x: self.vae.encode(x)), [self.vae]
+            elif name == "decode":
+                fn, modules = (lambda z: self.vae.decode(z, chunk_size=None)), [self.vae]
+            else:
+                fn, modules = (lambda x: self.depth_estimator(x)), [self.depth_estimator]
+            self._calls[key] = CapturedCall(fn, mode, modules, name=f"Live2Diff {name}")
+        return self._calls[key]
+
+    def release_graphs(self) -> None:
+        """Drop every captured graph of this pipeline (the current stream's included)."""
+        for call in self._calls.values():
+            call.release()
+        if self._stream is not None and self._stream.engine.runner is not None:
+            self._stream.engine.runner.release()
+
+    def _encode(self, images: Tensor, depth_cond: Tensor | None, generator: torch.Generator | None,
+                mode: str) -> tuple[Tensor, Tensor | None]:
+        """Latents of the frames and of the depth conditions, encoded as one batch."""
+        batch = images if depth_cond is None else torch.cat([images, depth_cond.to(images.dtype)])
+        if self.vae.kind == "taesd":  # deterministic: can be captured
+            z = self._call("encode", mode)(batch.to(self.vae.device, self.vae.dtype))
+        else:
+            z = self.vae.encode(batch, generator=generator)
+        n = images.shape[0]
+        return z[:n], (None if depth_cond is None else z[n:])
+
+    def _depth_condition(self, images: Tensor, depth_maps: Tensor | None, s: StreamSettings,
+                         mode: str = "none") -> Tensor | None:
+        """Depth condition images for working-size ``images`` (``[N,3,h,w]`` in [-1,1]), normalised jointly over N."""
         if not s.use_depth:
             return None
         if depth_maps is not None:
@@ -194,12 +233,12 @@ class Live2DiffPipeline:
                 raise ValueError("depth maps contain NaN or infinite values")
             raw = self._resize_crop(d[:, None].to(self.device, torch.float32), s.height, s.width)[:, 0]
         elif self.depth_estimator is not None:
-            raw = self.depth_estimator(images).float()
+            x = images.to(self.depth_estimator.device, self.depth_estimator.dtype)
+            raw = self._call("depth", mode)(x).float()
         else:
             raise ValueError("use_depth is on but there is no depth estimator and no depth maps were given: load "
                              "the DPT-Hybrid weights, pass depth maps, or set use_depth=False")
-        cond = depth_to_condition(raw, s.height, s.width, invert=s.invert_depth).to(self.dtype)
-        return self.vae.encode(cond, generator=generator)
+        return depth_to_condition(raw, s.height, s.width, invert=s.invert_depth).to(self.dtype)
 
     # ------------------------------------------------------------------ streaming API
     @property
@@ -239,7 +278,7 @@ class Live2DiffPipeline:
         engine = StreamEngine(self.unet, text.to(self.dtype), s.height // 8, s.width // 8,
                               t_index_list=s.t_index_list, strength=s.strength,
                               num_inference_steps=s.num_inference_steps, window=s.window, sinks=s.sinks,
-                              generator=generator)
+                              generator=generator, acceleration=s.acceleration)
         filt = SimilarFrameFilter(s.similar_threshold, s.similar_max_skip, generator) if s.similar_filter else None
         self._stream = _Stream(engine, s, filt)
         return s
@@ -258,8 +297,8 @@ class Live2DiffPipeline:
         if frames.shape[0] != n:
             raise ValueError(f"the warm-up needs exactly {n} frames, got {frames.shape[0]}")
         images = self._to_working(frames, st.settings)
-        latents = self.vae.encode(images, generator=st.engine.generator)
-        depth = self._depth_latents(images, depth_maps, st.settings, st.engine.generator)
+        cond = self._depth_condition(images, depth_maps, st.settings)
+        latents, depth = self._encode(images, cond, st.engine.generator, "none")
         x0 = st.engine.warmup(latents, depth)
         if st.frame_filter is not None:
             st.frame_filter.reset()
@@ -281,13 +320,14 @@ class Live2DiffPipeline:
         image = self._to_working(frame, st.settings)
         if st.frame_filter is not None and st.frame_filter.should_skip(image):
             return st.last_output
-        latent = self.vae.encode(image, generator=st.engine.generator)
-        depth = self._depth_latents(image, depth_map, st.settings, st.engine.generator)
+        mode = st.settings.acceleration
+        cond = self._depth_condition(image, depth_map, st.settings, mode)
+        latent, depth = self._encode(image, cond, st.engine.generator, mode)
         st.input_sizes.append(tuple(frame.shape[1:3]))
         x0 = st.engine.step(latent, depth)
         if x0 is None:
             return None
-        out = self._to_image(self.vae.decode(x0), st.input_sizes.pop(0))
+        out = self._to_image(self._call("decode", mode)(x0), st.input_sizes.pop(0))
         st.last_output = out
         return out
 

@@ -9,7 +9,7 @@ Parameter names are the union of the diffusers UNet names and the official ``liv
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from .attention_plan import AttentionPlan, bidirectional_plan, training_plan
 from .kv_cache import KVCache, LayerGeometry
+from .acceleration import CapturedCall
+from .fused_attention import install_fused_self_attention, refresh_fused
 from .mapping_network import MappingNetwork
 from .motion_module import MotionModule, MotionModuleConfig, TemporalContext, TemporalSelfAttention
 
@@ -49,6 +51,7 @@ class VideoUNet(nn.Module):
                 index += per_module
             block.motion_modules = nn.ModuleList(modules)
         self.flow_conv_in = MappingNetwork(cfg["block_out_channels"][0], in_channels=cfg["in_channels"])
+        install_fused_self_attention(self)
 
     # ------------------------------------------------------------------ info
     @property
@@ -148,12 +151,14 @@ class VideoUNet(nn.Module):
         return eps
 
     def stream(self, sample: Tensor, timesteps: Tensor, encoder_hidden_states: Tensor,
-               depth_latent: Tensor | None, cache: KVCache, *, head_active: bool = True) -> Tensor:
+               depth_latent: Tensor | None, cache: KVCache, *, head_active: bool = True,
+               runner: Callable[..., Tensor] | None = None) -> Tensor:
         """One pipelined streaming call: ``sample[i]`` (``[T,4,1,h,w]``) is a frame at denoising step ``i``.
 
         Returns eps ``[T,4,1,h,w]`` and advances the cache. Rows that hold no real frame (row ``i`` during the
         first ``i`` calls; row 0 when ``head_active`` is False, as while draining the pipeline) are computed but
-        neither written to nor unmasked in the cache.
+        neither written to nor unmasked in the cache. ``runner`` (see :meth:`stream_runner`) replaces the eager
+        forward, e.g. by a captured CUDA graph.
         """
         f = self._check_sample(sample, depth_latent)
         if f != 1:
@@ -165,10 +170,24 @@ class VideoUNet(nn.Module):
             raise RuntimeError(f"cache rows {missing} have no warm-up; run warmup() for every row first")
         self._check_cache(cache, sample)
         tables = cache.tables(head_active)
-        eps = self._run(sample, timesteps, encoder_hidden_states, depth_latent,
-                        TemporalContext("stream", 1, cache=cache, tables=tables))
+        cache.record_call(tables)
+        if runner is not None:
+            eps = runner(sample, timesteps, encoder_hidden_states, depth_latent)
+        else:
+            eps = self._run(sample, timesteps, encoder_hidden_states, depth_latent,
+                            TemporalContext("stream", 1, cache=cache, tables=tables))
         cache.advance(tables)
         return eps
+
+    def stream_runner(self, cache: KVCache, acceleration: str = "none", **options: Any) -> CapturedCall:
+        """The streaming forward for ``cache`` as a :class:`CapturedCall` (``"none"``, ``"cuda_graph"`` or
+        ``"compile"``), for :meth:`stream`'s ``runner``; re-captured when the weights or the cache change."""
+        def forward(sample: Tensor, timesteps: Tensor, text: Tensor, depth: Tensor | None) -> Tensor:
+            return self._run(sample, timesteps, text, depth,
+                             TemporalContext("stream", 1, cache=cache, tables=cache.device_tables()))
+
+        return CapturedCall(forward, acceleration, [self], extra_state=cache.state_tensors,
+                            name="Live2Diff streaming UNet", prepare=lambda: refresh_fused(self), **options)
 
     # ------------------------------------------------------------------ internals
     def _check_sample(self, sample: Tensor, depth_latent: Tensor | None) -> int:
