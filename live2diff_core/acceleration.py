@@ -19,6 +19,7 @@ Functions captured here must be deterministic in their shapes and must not synch
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -77,7 +78,7 @@ class CapturedCall:
     def __init__(self, fn: Callable[..., Any], mode: str = "none", modules: Sequence[nn.Module] = (), *,
                  extra_state: Callable[[], Sequence[Tensor]] | None = None, name: str = "call",
                  compile_options: dict | None = None, capture: Capture | None = None,
-                 prepare: Callable[[], None] | None = None) -> None:
+                 prepare: Callable[[], None] | None = None, owner: Any = None) -> None:
         if mode not in ACCELERATIONS:
             raise ValueError(f"acceleration must be one of {ACCELERATIONS}, got {mode!r}")
         self.fn = fn
@@ -88,6 +89,7 @@ class CapturedCall:
         self.compile_options = dict(compile_options or {})
         self._capture = capture
         self._prepare_hook = prepare
+        self._owner = None if owner is None else weakref.ref(owner)
         self.captures = 0
         self._key: Any = None
         self._compiled: Callable[..., Any] | None = None
@@ -95,6 +97,11 @@ class CapturedCall:
         self._static_in: list[Tensor | None] = []
         self._static_out: Any = None
         self._warned = False
+
+    @property
+    def owner(self) -> Any:
+        """The object this call was made for (weakly held: a call never keeps a model alive), or None."""
+        return None if self._owner is None else self._owner()
 
     # ------------------------------------------------------------------ helpers
     def _graphs_possible(self, inputs: Sequence[Tensor | None]) -> bool:

@@ -203,6 +203,8 @@ class StreamEngine:
         depth = None
         if d_new is not None:
             depth = torch.cat([d_new, self._d_buf]) if t > 1 else d_new
+        if self.runner is not None and self.runner.owner is not self.unet:  # the model was swapped (reloaded)
+            self.runner = self.unet.stream_runner(self.cache, self.acceleration)
         eps = self.unet.stream(x, self.coef.timesteps, self.text.expand(t, -1, -1), depth, self.cache,
                                head_active=head_active, runner=self.runner)
         x0 = self.coef.denoise(x, eps, slice(None))

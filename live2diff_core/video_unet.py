@@ -9,6 +9,7 @@ Parameter names are the union of the diffusers UNet names and the official ``liv
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Iterable
 
 import torch
@@ -182,12 +183,15 @@ class VideoUNet(nn.Module):
     def stream_runner(self, cache: KVCache, acceleration: str = "none", **options: Any) -> CapturedCall:
         """The streaming forward for ``cache`` as a :class:`CapturedCall` (``"none"``, ``"cuda_graph"`` or
         ``"compile"``), for :meth:`stream`'s ``runner``; re-captured when the weights or the cache change."""
+        unet = weakref.proxy(self)  # the call must not keep an evicted model alive
+
         def forward(sample: Tensor, timesteps: Tensor, text: Tensor, depth: Tensor | None) -> Tensor:
-            return self._run(sample, timesteps, text, depth,
+            return unet._run(sample, timesteps, text, depth,
                              TemporalContext("stream", 1, cache=cache, tables=cache.device_tables()))
 
-        return CapturedCall(forward, acceleration, [self], extra_state=cache.state_tensors,
-                            name="Live2Diff streaming UNet", prepare=lambda: refresh_fused(self), **options)
+        return CapturedCall(forward, acceleration, [unet], extra_state=cache.state_tensors,
+                            name="Live2Diff streaming UNet", prepare=lambda: refresh_fused(unet), owner=self,
+                            **options)
 
     # ------------------------------------------------------------------ internals
     def _check_sample(self, sample: Tensor, depth_latent: Tensor | None) -> int:

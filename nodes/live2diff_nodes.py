@@ -14,6 +14,7 @@ import comfy.model_management as mm
 import comfy.utils
 
 from ..live2diff_core import Live2DiffPipeline
+from ..live2diff_core.acceleration import ACCELERATIONS
 from . import model_cache, paths, sessions
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Live2DiffModel:
     loras: tuple[tuple[Path, float, str], ...] = ()
     vae: Path | None = None  # an SD KL VAE (when taesd is None); both None = the base model's VAE
     dtype: str = "auto"
+    acceleration: str = "none"  # how the hot calls run (live2diff_core.acceleration); not part of the identity
     sinks: int = 8
     window: int = 16
 
@@ -198,7 +200,8 @@ def _settings(model: Live2DiffModel, t_index_list: str, strength: float, steps: 
               seed: int, use_depth: bool, invert_depth: bool) -> dict:
     return dict(t_index_list=None if strength > 0 else _parse_t_index(t_index_list),
                 strength=strength if strength > 0 else None, num_inference_steps=steps, width=width, height=height,
-                seed=seed, use_depth=use_depth, invert_depth=invert_depth, window=model.window, sinks=model.sinks)
+                seed=seed, use_depth=use_depth, invert_depth=invert_depth, window=model.window, sinks=model.sinks,
+                acceleration=model.acceleration)
 
 
 def _pipeline_for(model: Live2DiffModel, settings: dict) -> Live2DiffPipeline:
@@ -230,18 +233,26 @@ class L2DLoadModel(io.ComfyNode):
                                tooltip="dpt_hybrid_384.pt or an Intel/dpt-hybrid-midas folder in models/live2diff"),
                 io.Combo.Input("lcm_lora", options=[paths.NONE] + paths.files("loras"),
                                tooltip="LCM-LoRA for SD1.5 (the official setup needs it)"),
-                io.Combo.Input("dtype", options=DTYPES, default="auto"),
+                io.Combo.Input("dtype", options=DTYPES, default="auto",
+                               tooltip="auto = float16/bfloat16 on a GPU that supports it, float32 on the CPU; the "
+                                       "KV cache uses the same dtype"),
+                io.Combo.Input("acceleration", options=list(ACCELERATIONS), default="none", optional=True,
+                               tooltip="none = eager (safe default); cuda_graph = replay the streaming UNet, TAESD "
+                                       "and depth as captured CUDA graphs (several times faster per frame, the first "
+                                       "frame of a stream is slower, GPU only); compile = torch.compile + graphs "
+                                       "(fastest after a warm-up of minutes)"),
             ],
             outputs=[L2DModel.Output(display_name="model")],
         )
 
     @classmethod
-    def execute(cls, base, motion, vae, depth_model, lcm_lora, dtype) -> io.NodeOutput:
+    def execute(cls, base, motion, vae, depth_model, lcm_lora, dtype, acceleration="none") -> io.NodeOutput:
         taesd, kl_vae = _resolve_vae(vae)
         handle = Live2DiffModel(
             base=_resolve_base(base), motion=paths.resolve_file("live2diff", motion), taesd=taesd, vae=kl_vae,
             depth=_resolve_depth(depth_model),
-            lcm_lora=None if lcm_lora == paths.NONE else paths.resolve_file("loras", lcm_lora), dtype=dtype)
+            lcm_lora=None if lcm_lora == paths.NONE else paths.resolve_file("loras", lcm_lora), dtype=dtype,
+            acceleration=acceleration)
         handle.pipeline()  # load now: missing or broken files fail here, with the file named
         return io.NodeOutput(handle)
 

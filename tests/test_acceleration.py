@@ -177,3 +177,22 @@ def test_pipeline_speed_paths_equal_the_eager_pipeline(monkeypatch):
     assert len(captured) == 4  # stream UNet, depth, encode (frame + depth in one batch), decode
     with pytest.raises(ValueError, match="acceleration must be one of"):
         pipe(frames, "a cat", acceleration="tensorrt", **SETTINGS)
+
+
+def test_a_captured_call_never_keeps_an_evicted_model_alive_and_follows_a_swap():
+    import gc
+    import weakref
+
+    unet = tiny_video_unet()
+    engine = StreamEngine(unet, torch.randn(1, 77, 32), 8, 8, t_index_list=(30, 40), acceleration="cuda_graph")
+    assert engine.runner.owner is unet
+    other = tiny_video_unet(seed=1)
+    engine.unet = other  # the nodes bind the currently loaded model before each run
+    z = torch.randn(9, 4, 8, 8)
+    engine.warmup(z[:8])
+    engine.step(z[8:9])
+    assert engine.runner.owner is other
+    ref = weakref.ref(unet)
+    del unet
+    gc.collect()
+    assert ref() is None
