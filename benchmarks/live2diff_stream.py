@@ -5,12 +5,16 @@ DPT-Hybrid depth) or in tiny ones; nothing is downloaded. Weights do not change 
 
     python benchmarks/live2diff_stream.py --size tiny --frames 40
     python benchmarks/live2diff_stream.py --size real --width 512 --height 512 --frames 4 --dtype float32   # CPU
-    python benchmarks/live2diff_stream.py --size real --frames 200 --dtype float16 --device cuda            # GPU
+    python benchmarks/live2diff_stream.py --size real --frames 200 --dtype float16 --device cuda \
+        --acceleration cuda_graph                                                                       # GPU
 
 Figures: the warm-up time is the first-output latency (the 8 warm-up outputs come back when the 8th input frame
 has been processed); steady-state FPS = 1 / median per-frame time over the streamed frames after the first
-``--skip`` ones. Results are printed and written as JSON to
-``benchmarks/results/live2diff_stream-<device>-<date>.json``.
+``--skip`` ones (the first streamed frame also captures/compiles the graphs: ``first_step_s``). On CUDA the script
+also counts the FLOPs of one streamed frame (``torch.utils.flop_counter``, eager) and measures the bf16 matrix-multiply
+rate (8192^3, random data) in the same process: MFU = FLOPs per frame x FPS / that rate (the spec's count for 512x512,
+2 steps, TAESD, depth is 2.84 TFLOP per frame). Results are printed and written as JSON to
+``benchmarks/results/live2diff_stream-<device>-<size>-<date>.json`` (or ``--json PATH``).
 """
 from __future__ import annotations
 
@@ -80,7 +84,11 @@ def main(argv: list[str] | None = None) -> dict:
                     help="built-in DPT-Hybrid (real size only), caller depth maps, or no depth prior")
     ap.add_argument("--skip", type=int, default=3, help="streamed frames excluded from the steady state")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    ap.add_argument("--acceleration", choices=["none", "cuda_graph", "compile"], default="none",
+                    help="how the streaming UNet, TAESD and depth calls run (live2diff_core.acceleration)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--flops", action="store_true", help="count FLOPs per frame on the CPU too (always on CUDA)")
+    ap.add_argument("--json", type=Path, default=None, help="write the result JSON exactly here")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     depth_maps = torch.rand(total, height, width, generator=g) if args.depth == "maps" or (
         args.depth == "estimator" and not use_estimator) else None
     pipe.start(prompt="a benchmark", width=width, height=height, t_index_list=tuple(args.t_index), seed=0,
-               use_depth=args.depth != "off")
+               use_depth=args.depth != "off", acceleration=args.acceleration)
 
     sync(args.device)
     t = time.perf_counter()
@@ -121,6 +129,13 @@ def main(argv: list[str] | None = None) -> dict:
     steady = per_frame[args.skip:] or per_frame
     median = statistics.median(steady)
     cache = pipe._stream.engine.cache
+    peak_gpu = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None
+    peak_reserved = torch.cuda.max_memory_reserved() if args.device.startswith("cuda") else None
+    flops = matmul = None
+    if args.device.startswith("cuda") or args.flops:
+        flops = count_frame_flops(pipe, frames[-1:], None if depth_maps is None else depth_maps[-1:])
+    if args.device.startswith("cuda"):
+        matmul = bf16_matmul_rate()
     result = {
         "script": "live2diff_stream",
         "device": device_name(args.device),
@@ -135,16 +150,60 @@ def main(argv: list[str] | None = None) -> dict:
         "build_s": round(build_s, 3),
         "first_output_latency_s": round(warmup_s, 4),
         "first_streamed_output_s": None if first_stream_output_s is None else round(first_stream_output_s, 4),
+        "first_step_s": round(per_frame[0], 4) if per_frame else None,
+        "acceleration": args.acceleration,
+        "per_frame_p50_ms": round(_percentile(steady, 50) * 1000, 2),
         "per_frame_median_ms": round(median * 1000, 2),
         "per_frame_p90_ms": round(_percentile(steady, 90) * 1000, 2),
         "per_frame_p99_ms": round(_percentile(steady, 99) * 1000, 2),
         "fps": round(1.0 / median, 3),
         "kv_cache_bytes": cache.nbytes,
-        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None,
+        "peak_gpu_bytes": peak_gpu,
+        "peak_gpu_reserved_bytes": peak_reserved,
+        "flops_per_frame": flops,
+        "bf16_matmul_flops_per_s": matmul,
+        "mfu": None if not (flops and matmul) else round(flops / median / matmul, 4),
+        "mfu_spec_2_84_tflop": None if not matmul else round(2.84e12 / median / matmul, 4),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
     write_result(result, "live2diff_stream", args.device, args.size, args.out)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def count_frame_flops(pipe, frame: torch.Tensor, depth_map: torch.Tensor | None) -> int:
+    """FLOPs of one streamed frame (every hot call, eager), counted with ``torch.utils.flop_counter``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    engine = pipe._stream.engine
+    runner, engine.runner = engine.runner, None
+    saved = pipe._stream.settings.acceleration
+    pipe._stream.settings.acceleration = "none"
+    try:
+        with FlopCounterMode(display=False) as counter:
+            pipe.step(frame, depth_map)
+    finally:
+        engine.runner, pipe._stream.settings.acceleration = runner, saved
+    return int(counter.get_total_flops())
+
+
+def bf16_matmul_rate(n: int = 8192, reps: int = 10) -> float:
+    """Measured bf16 matrix-multiply rate (FLOP/s) of an n^3 product on random data (median of ``reps``)."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return 2 * n ** 3 / statistics.median(times)
 
 
 if __name__ == "__main__":

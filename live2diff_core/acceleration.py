@@ -33,15 +33,21 @@ log = logging.getLogger(__name__)
 Capture = Callable[[Callable[..., Any], Sequence[Tensor | None]], tuple[Callable[[], None], Any]]
 
 
+def tensor_version(t: Tensor) -> int:
+    """The in-place version counter of ``t`` (0 for inference-mode tensors, which have none: ComfyUI runs nodes
+    under ``torch.inference_mode``, so only storage changes are seen for weights created there)."""
+    return 0 if t.is_inference() else t._version
+
+
 def weights_signature(modules: Iterable[nn.Module]) -> tuple:
     """Storage pointer, version counter, dtype and device of every parameter and persistent buffer of ``modules``."""
     sig = []
     for module in modules:
         for t in module.parameters():
-            sig.append((t.data_ptr(), t._version, t.dtype, t.device))
+            sig.append((t.data_ptr(), tensor_version(t), t.dtype, t.device))
         for name, t in module.named_buffers():
             if t is not None and not name.rsplit(".", 1)[-1].startswith("fused_"):
-                sig.append((t.data_ptr(), t._version, t.dtype, t.device))
+                sig.append((t.data_ptr(), tensor_version(t), t.dtype, t.device))
     return tuple(sig)
 
 

@@ -13,14 +13,16 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import Tensor, nn
 
+from .acceleration import tensor_version
+
 
 def fused_weight(attn: nn.Module, names: tuple[str, ...] = ("to_q", "to_k", "to_v")) -> tuple[Tensor, Tensor | None]:
     """The stacked weight (and bias, if any) of ``attn``'s projections ``names``, cached on ``attn``."""
     if torch.compiler.is_compiling() and getattr(attn, "fused_qkv_weight", None) is not None:
         return attn.fused_qkv_weight, attn.fused_qkv_bias  # refreshed eagerly before tracing (refresh_fused)
     layers = [getattr(attn, n) for n in names]
-    key = tuple((m.weight.data_ptr(), m.weight._version, m.weight.dtype, m.weight.device,
-                 None if m.bias is None else (m.bias.data_ptr(), m.bias._version)) for m in layers)
+    key = tuple((m.weight.data_ptr(), tensor_version(m.weight), m.weight.dtype, m.weight.device,
+                 None if m.bias is None else (m.bias.data_ptr(), tensor_version(m.bias))) for m in layers)
     if getattr(attn, "_fused_key", None) != key or getattr(attn, "fused_qkv_weight", None) is None:
         with torch.no_grad():
             weight = torch.cat([m.weight.detach() for m in layers])
