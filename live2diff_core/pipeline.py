@@ -34,6 +34,15 @@ PathLike = str | os.PathLike
 ProgressCallback = Callable[[int, int], None]
 
 
+def _ready(x: Tensor | None) -> Tensor | None:
+    """Wait until a frame returned with ``wait=False`` has arrived in host memory (no-op otherwise)."""
+    event = getattr(x, "_copy_event", None)
+    if event is not None:
+        event.synchronize()
+        del x._copy_event
+    return x
+
+
 @dataclass
 class StreamSettings:
     """Everything that defines a stream besides the models. Defaults are the official ones (2 denoising steps)."""
@@ -179,11 +188,23 @@ class Live2DiffPipeline:
         return (self._resize_crop(x, s.height, s.width) * 2 - 1).to(self.dtype)
 
     @staticmethod
-    def _to_image(x: Tensor, size: tuple[int, int]) -> Tensor:
+    def _to_image(x: Tensor, size: tuple[int, int], *, wait: bool = True) -> Tensor:
+        """Decoded ``[N,3,h,w]`` in [-1,1] -> IMAGE ``[N,H,W,3]`` on the CPU. On a GPU with ``wait=False`` the copy
+        to (pinned) host memory is only queued: call :func:`_ready` on the result before reading it, so the host
+        can prepare the next frame while the GPU finishes this one."""
         x = ((x.float() + 1) / 2).clamp(0, 1)
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-        return x.permute(0, 2, 3, 1).cpu()
+        x = x.permute(0, 2, 3, 1)
+        if not x.is_cuda:
+            return x.cpu()
+        out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        out.copy_(x, non_blocking=True)
+        out._copy_event = torch.cuda.Event()
+        out._copy_event.record()
+        if wait:
+            _ready(out)
+        return out
 
     def _call(self, name: str, mode: str) -> CapturedCall:
         """The codec/depth call ``name`` under acceleration ``mode`` (one per pipeline, re-captured on a new shape
@@ -311,6 +332,9 @@ class Live2DiffPipeline:
     def step(self, frame: Tensor, depth_map: Tensor | None = None) -> Tensor | None:
         """Stream one frame ``[1, H, W, 3]``; returns an output frame ``[1, H, W, 3]`` (the one that entered
         ``T-1`` calls ago) or ``None`` while the pipeline fills."""
+        return _ready(self._step(frame, depth_map, wait=True))
+
+    def _step(self, frame: Tensor, depth_map: Tensor | None, wait: bool) -> Tensor | None:
         st = self._require()
         frame = self.check_frames(frame, "frame")
         if frame.shape[0] != 1:
@@ -327,7 +351,7 @@ class Live2DiffPipeline:
         x0 = st.engine.step(latent, depth)
         if x0 is None:
             return None
-        out = self._to_image(self._call("decode", mode)(x0), st.input_sizes.pop(0))
+        out = self._to_image(self._call("decode", mode)(x0), st.input_sizes.pop(0), wait=wait)
         st.last_output = out
         return out
 
@@ -364,11 +388,15 @@ class Live2DiffPipeline:
         if callback:
             callback(s.sinks, n)
         for i in range(s.sinks, n):
-            out = self.step(frames[i:i + 1], None if depth_maps is None else depth_maps[i:i + 1])
+            out = self._step(frames[i:i + 1], None if depth_maps is None else depth_maps[i:i + 1], wait=False)
+            if len(outs) > 1:
+                _ready(outs[-1])  # at most one frame in flight: the host prepares frame i while i-1 computes
             if out is not None:
                 outs.append(out)
             if callback:
                 callback(i + 1, n)
+        for out in outs:
+            _ready(out)
         tail = self.flush()
         if tail.shape[0]:
             outs.append(tail)
@@ -392,7 +420,7 @@ class Live2DiffPipeline:
                     yield from self.warmup(torch.cat(buffer))
                     buffer = []
                 continue
-            out = self.step(frame)
+            out = self.step(frame)  # yielded at once: a live stream wants the lowest latency
             if out is not None:
                 yield out[0]
         if buffer:

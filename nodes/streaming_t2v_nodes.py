@@ -23,6 +23,7 @@ from ..streaming_t2v_core.loading import converted_part_paths
 from ..streaming_t2v_core.pipeline import (CHUNK, COND_FRAMES, SCHEDULER_CONFIG, GenerationSettings, chunk_plan,
                                            expand_prompts)
 from ..streaming_t2v_core.refiner import chunk_spans, plan_geometry
+from ..streaming_t2v_core.speed import optimize
 from . import model_cache, paths, video_store
 from .video_store import DEFAULT_FPS, DiskVideo, ST2VVideo
 
@@ -33,6 +34,7 @@ ST2VModel = io.Custom("ST2V_MODEL")
 ST2VCam = io.Custom("ST2V_CAM")
 ST2VApm = io.Custom("ST2V_APM")
 ST2VRefiner = io.Custom("ST2V_REFINER")
+SPEEDS = ["none", "fused", "compile"]
 DTYPES = ["auto", "float16", "bfloat16", "float32"]
 AUTO_ENCODER = "auto (beside the checkpoint)"
 MAX_FRAMES = 2000
@@ -121,6 +123,7 @@ class StreamingT2VHandle:
     checkpoint: Path  # official .ckpt or converted <name>.base.safetensors
     image_encoder: Path | None = None  # None: beside the checkpoint
     dtype: str = "auto"
+    speed: str = "fused"  # streaming_t2v_core.speed: "none", "fused" (q/k/v) or "compile" (fused + torch.compile)
 
     def base_config(self) -> Path:
         """``<name>.config.json`` beside the checkpoint (non-standard sizes), else the ModelScope UNet config
@@ -164,7 +167,7 @@ class StreamingT2VHandle:
         return [self.modelscope, *ckpt, self.encoder_path(), *[p for p in extra if p is not None]]
 
     def identity(self) -> tuple:
-        return (tuple(_file_identity(p) for p in self.files()), str(_torch_dtype(self.dtype)))
+        return (tuple(_file_identity(p) for p in self.files()), str(_torch_dtype(self.dtype)), self.speed)
 
     def pipeline(self, memory_required: int = 0) -> StreamingT2VPipeline:
         """The cached pipeline, on ComfyUI's compute device (loaded from disk the first time)."""
@@ -175,6 +178,7 @@ class StreamingT2VHandle:
             pipe = StreamingT2VPipeline.from_files(
                 self.modelscope, self.checkpoint, image_encoder=encoder, dtype=dtype,
                 device=mm.unet_offload_device(), base_config=base_config, image_encoder_config=encoder_config)
+            optimize(pipe.model, fuse_qkv=self.speed != "none", compile=self.speed == "compile")
             parts = {"model": pipe.model, "first_unet": pipe.first_unet, "text_encoder": pipe.text_encoder,
                      "vae": pipe.vae, "image_encoder": pipe.image_encoder}
             return parts, pipe
@@ -433,16 +437,20 @@ class ST2VLoadModel(io.ComfyNode):
                                        "safetensors beside the checkpoint, else the official checkpoint itself; "
                                        "or CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors from models/clip_vision"),
                 io.Combo.Input("dtype", options=DTYPES, default="auto"),
+                io.Combo.Input("speed", options=SPEEDS, default="fused", optional=True,
+                               tooltip="fused = one q/k/v projection per self-attention (same results, faster); "
+                                       "compile = fused + torch.compile of the UNet and CAM (faster after a warm-up "
+                                       "of minutes); none = as loaded"),
             ],
             outputs=[ST2VModel.Output(display_name="model")],
         )
 
     @classmethod
-    def execute(cls, modelscope, checkpoint, image_encoder, dtype) -> io.NodeOutput:
+    def execute(cls, modelscope, checkpoint, image_encoder, dtype, speed="fused") -> io.NodeOutput:
         handle = StreamingT2VHandle(
             modelscope=paths.resolve_folder("diffusers", modelscope),
             checkpoint=paths.resolve_file("streamingt2v", checkpoint),
-            image_encoder=_resolve_encoder(image_encoder), dtype=dtype)
+            image_encoder=_resolve_encoder(image_encoder), dtype=dtype, speed=speed)
         handle.pipeline()  # load now: missing or broken files fail here, with the file named
         return io.NodeOutput(handle)
 

@@ -3,6 +3,7 @@ refine -> save) with the disk-backed video type, the conditioners, metrics, vali
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,60 @@ def test_static_clip_mawe_is_infinite_not_nan(comfy):
     entry = comfy.run(g.prompt(), timeout=120)
     text = str(entry.outputs)
     assert "inf" in text.lower() and "nan" not in text.lower()
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_long_extension_keeps_host_memory_bounded(comfy, comfy_models):
+    """A long ST2V_Extend run writes its frames to the disk-backed video as it goes: the server's resident memory
+    does not grow with the number of frames (a run that kept every frame as an IMAGE in memory would grow by
+    frames x 64 x 64 x 3 x 4 bytes, ~49 MB per 1000 frames at this size, plus their latents)."""
+    import time
+
+    frames = int(os.environ.get("ST2V_LONG_FRAMES", "400"))  # 1200 for the issue's figure (~20 min on 2 cores)
+    info = comfy.server
+    if info.pid is None:
+        pytest.skip("attached to a server this session did not start: its memory cannot be read")
+    m = comfy_models
+    g = Graph()
+    model = g.node("ST2V_LoadModel", **_loader(m))
+    first = g.node("ST2V_TextToVideo", model=model.out(0), prompt="a cat", negative_prompt="", seed=1, steps=1,
+                   guidance=9.0, width=64, height=64)
+    video = g.node("ST2V_Extend", model=model.out(0), first_chunk=first.out(0), prompt="a cat", negative_prompt="",
+                   num_frames=frames, seed=2, steps=1, guidance=7.5)
+    count = g.node("ST2V_VideoToImages", video=video.out(0), start=frames - 8, count=8, step=1)
+    shown = g.node("PreviewImage", images=count.out(0))
+    pid = comfy.queue(g.prompt())
+    assert isinstance(pid, str), pid
+    samples: list[tuple[float, int]] = []
+    t0 = time.monotonic()
+    while pid not in comfy.history(pid):
+        samples.append((time.monotonic() - t0, _rss_bytes(info.pid)))
+        time.sleep(0.25)
+        assert time.monotonic() - t0 < 1500, "the long extension did not finish in 25 minutes"
+    entry = comfy.wait(pid)
+    assert entry.status == "success", entry.describe()
+    assert comfy.read_image_batch(entry, shown.id).shape == (8, 64, 64, 3)
+    duration = samples[-1][0]
+    # resident memory over the second half of the run vs its first quarter (after the models were loaded)
+    early = max(r for t, r in samples if duration * 0.15 <= t <= duration * 0.25)
+    late = max(r for t, r in samples if t >= duration * 0.5)
+    growth = late - early
+    print(f"{frames} frames in {duration:.0f} s; RSS first quarter {early / 2**20:.0f} MiB, second half "
+          f"{late / 2**20:.0f} MiB, growth {growth / 2**20:.1f} MiB")
+    if os.environ.get("ST2V_LONG_JSON"):  # record the figure (benchmarks/results)
+        import datetime
+        import json
+
+        Path(os.environ["ST2V_LONG_JSON"]).write_text(json.dumps({
+            "script": "tests/integration/test_streaming_t2v_nodes.py::test_long_extension_keeps_host_memory_bounded",
+            "device": "cpu", "date": datetime.date.today().isoformat(), "frames": frames, "size": "64x64 tiny model",
+            "seconds": round(duration, 1), "rss_first_quarter_bytes": early, "rss_second_half_max_bytes": late,
+            "growth_bytes": growth, "frames_as_float_images_bytes": frames * 64 * 64 * 3 * 4}, indent=2) + "\n")
+    assert growth < 20 * 2**20, f"host memory grew by {growth / 2**20:.1f} MiB during a {frames}-frame run"
