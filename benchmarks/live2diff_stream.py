@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
         "first_streamed_output_s": None if first_stream_output_s is None else round(first_stream_output_s, 4),
         "first_step_s": round(per_frame[0], 4) if per_frame else None,
         "acceleration": args.acceleration,
+        "captures": {c.name: {"captures": c.captures, "failed": c.failed}
+                     for c in [pipe._stream.engine.runner, *pipe._calls.values()] if c is not None},
         "per_frame_p50_ms": round(_percentile(steady, 50) * 1000, 2),
         "per_frame_median_ms": round(median * 1000, 2),
         "per_frame_p90_ms": round(_percentile(steady, 90) * 1000, 2),

@@ -97,6 +97,7 @@ class CapturedCall:
         self._prepare_hook = prepare
         self._owner = None if owner is None else weakref.ref(owner)
         self.captures = 0
+        self.failed: str | None = None  # why a capture failed (then the call runs without graphs)
         self._key: Any = None
         self._compiled: Callable[..., Any] | None = None
         self._replay: Callable[[], None] | None = None
@@ -140,12 +141,19 @@ class CapturedCall:
         if self._prepare_hook is not None:
             self._prepare_hook()  # e.g. refresh fused weights eagerly, outside any trace or capture
         fn = self._compiled_fn() if self.mode == "compile" else self.fn
-        if self._graphs_possible(inputs):
+        if self._graphs_possible(inputs) and not self.failed:
             self._static_in = [None if t is None else t.clone() for t in inputs]
             capture = self._capture or cuda_graph_capture
-            self._replay, self._static_out = capture(fn, self._static_in)
-            self.captures += 1
-            log.info("captured %s as a graph (%d so far)", self.name, self.captures)
+            try:
+                self._replay, self._static_out = capture(fn, self._static_in)
+            except Exception as exc:  # an op that cannot be captured: keep working, eagerly (or compiled)
+                log.warning("%s could not be captured as a CUDA graph (%s: %s); running it without graphs",
+                            self.name, type(exc).__name__, exc)
+                self.failed = f"{type(exc).__name__}: {exc}"
+                self.release()
+            else:
+                self.captures += 1
+                log.info("captured %s as a graph (%d so far)", self.name, self.captures)
         self._key = key
 
     # ------------------------------------------------------------------ call
@@ -160,8 +168,8 @@ class CapturedCall:
         key = self._signature(inputs)
         if key != self._key:
             self._setup(key, inputs)
-        if self._replay is None:  # compile without graphs (CPU)
-            return self._compiled_fn()(*inputs)
+        if self._replay is None:  # no graph: compiled (CPU, or a failed capture) or eager
+            return (self._compiled_fn() if self.mode == "compile" else self.fn)(*inputs)
         for static, t in zip(self._static_in, inputs):
             if static is not None:
                 static.copy_(t)

@@ -207,3 +207,15 @@ def test_models_made_under_inference_mode_work():
         z = torch.randn(10, 4, 8, 8)
         engine.warmup(z[:8], z[:8])
         assert engine.step(z[8:9], z[8:9]) is None and engine.step(z[9:10], z[9:10]).shape == (1, 4, 8, 8)
+
+
+def test_a_capture_failure_falls_back_to_running_without_graphs():
+    def broken(fn, static_inputs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    lin = torch.nn.Linear(3, 3)
+    call = CapturedCall(lambda t: lin(t), "cuda_graph", [lin], capture=broken)
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        assert torch.equal(call(x), lin(x)) and torch.equal(call(x), lin(x))
+    assert call.failed.startswith("RuntimeError") and call.captures == 0
