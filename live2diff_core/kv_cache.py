@@ -152,27 +152,35 @@ class KVCache:
 
     # ---------------------------------------------------------------- transactions
     def begin(self) -> None:
-        """Start recording: until :meth:`commit`, every slot a streaming call overwrites is saved first, so
-        :meth:`rollback` can restore the cache exactly (the evicted ring-buffer entries included)."""
+        """Start recording: until :meth:`commit`, every slot a streaming call overwrites is saved first (once per
+        transaction: at most ``window - sinks`` slots per row however long it runs), so :meth:`rollback` can restore
+        the cache exactly (the evicted ring-buffer entries included)."""
         self._journal = []
-        self._saved = (list(self.warm), list(self.filled), list(self.occupied), self.calls)
+        self._saved = (list(self.warm), list(self.filled), list(self.occupied), self.calls, set())
 
     def record_call(self, tables: StreamTables) -> None:
-        """Save every slot the coming streaming call overwrites (one slot per row and layer) before it is
-        overwritten; a no-op outside a transaction."""
-        if self._journal is not None:
-            slots = tables.write_slot.clone()
-            for index, layer in enumerate(self.layers):
-                self._journal.append((index, slots, layer[tables.rows, :, :, slots].clone()))
+        """Save the slots the coming streaming call overwrites that this transaction has not saved yet; a no-op
+        outside a transaction."""
+        if self._journal is None:
+            return
+        recorded = self._saved[4]
+        new = [(i, slot) for i, (used, slot) in enumerate(zip(tables.host_active, tables.host_write_slot))
+               if used and (i, slot) not in recorded]
+        if not new:
+            return
+        recorded.update(new)
+        rows = torch.tensor([i for i, _ in new], device=self.device)
+        slots = torch.tensor([slot for _, slot in new], device=self.device)
+        self._journal.append((rows, slots, [layer[rows, :, :, slots].clone() for layer in self.layers]))
 
     def rollback(self) -> None:
         """Undo everything since :meth:`begin`."""
         if self._journal is None:
             raise RuntimeError("rollback() without begin()")
-        for layer_index, slots, data in reversed(self._journal):
-            layer = self.layers[layer_index]
-            layer[torch.arange(self.num_steps, device=layer.device), :, :, slots] = data
-        self.warm, self.filled, self.occupied, self.calls = self._saved
+        for rows, slots, saved in reversed(self._journal):
+            for layer, data in zip(self.layers, saved):
+                layer[rows, :, :, slots] = data
+        self.warm, self.filled, self.occupied, self.calls = self._saved[:4]
         self._journal = self._saved = None
 
     def commit(self) -> None:
