@@ -66,6 +66,21 @@ def build_pipeline(size: str, dtype: torch.dtype, device: str, depth: bool):
     return core.Live2DiffPipeline(unet, core.Vae(taesd), tok, text, estimator)
 
 
+def load_pipeline(folder: Path, dtype: torch.dtype, device: str, depth: bool):
+    """The pipeline from the files ``benchmarks/gpu/make_weights.py`` wrote (the ones the official code loads too):
+    ``sd15/`` (diffusers), ``live2diff.ckpt``, ``taesd/`` and, when present, the MiDaS ``dpt_hybrid_384.pt``."""
+    core = import_package("live2diff_core")
+    midas = folder / "dpt_hybrid_384.pt"
+    load = lambda d: core.Live2DiffPipeline.from_files(folder / "sd15", folder / "live2diff.ckpt",
+                                                       taesd=folder / "taesd", depth=d, dtype=dtype, device=device)
+    if depth and midas.is_file():
+        try:
+            return load(midas), None
+        except Exception as exc:  # report it, and time the rest with given depth maps
+            return load(None), f"{type(exc).__name__}: {exc}"
+    return load(None), None if not depth else f"no {midas}"
+
+
 def _percentile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
@@ -87,6 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--acceleration", choices=["none", "cuda_graph", "compile"], default="none",
                     help="how the streaming UNet, TAESD and depth calls run (live2diff_core.acceleration)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="load the models from benchmarks/gpu/make_weights.py's folder (<dir>/l2d) instead of "
+                         "building random ones in memory")
     ap.add_argument("--flops", action="store_true", help="count FLOPs per frame on the CPU too (always on CUDA)")
     ap.add_argument("--json", type=Path, default=None, help="write the result JSON exactly here")
     args = ap.parse_args(argv)
@@ -98,7 +116,11 @@ def main(argv: list[str] | None = None) -> dict:
     use_estimator = args.depth == "estimator" and args.size == "real"
 
     t0 = time.perf_counter()
-    pipe = build_pipeline(args.size, dtype, args.device, use_estimator)
+    if args.weights is not None:
+        pipe, depth_error = load_pipeline(args.weights / "l2d", dtype, args.device, use_estimator)
+        use_estimator = pipe.depth_estimator is not None
+    else:
+        pipe, depth_error = build_pipeline(args.size, dtype, args.device, use_estimator), None
     build_s = time.perf_counter() - t0
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -141,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device": device_name(args.device),
         "torch": torch.__version__,
         "size": args.size,
+        "weights": str(args.weights) if args.weights else "random, built in memory",
+        "depth_estimator_load_error": depth_error,
         "width": width,
         "height": height,
         "dtype": args.dtype,

@@ -181,6 +181,7 @@ do_live2diff() {
       if ours_l2d_supports "--acceleration"; then args+=(--acceleration "$om")
       elif [ "$om" != none ]; then echo "[side_by_side] ours: no --acceleration yet, $om runs as the default" >> "$ours"; fi
       if ours_l2d_supports "--json"; then args+=(--json "$w/ours_$om.json"); fi
+      if ours_l2d_supports "--weights"; then args+=(--weights "$WEIGHTS"); fi  # the files the official side loads
       step live2diff "ours:$om" 240 "$ours" run_ours benchmarks/live2diff_stream.py "${args[@]}"
       if [ ! -f "$w/ours_$om.json" ]; then  # an older script: its own JSON in --out
         local f; f=$(ls -t "$w"/results/live2diff_stream-*.json 2>/dev/null | head -1)

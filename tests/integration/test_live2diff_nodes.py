@@ -2,6 +2,7 @@
 /free, validation and node errors."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -200,3 +201,32 @@ def test_kl_vae_choices(comfy, comfy_models, vae):
     shown = g.node("PreviewImage", images=v2v.out(0))
     entry = comfy.run(g.prompt(), timeout=300)
     assert comfy.read_image_batch(entry, shown.id).shape[0] == 9
+
+
+def test_acceleration_option_gives_the_same_frames(comfy, comfy_models):
+    """The loader's speed option reaches the pipeline: cuda_graph (eager fallback on this CPU, with a log line)
+    and none give the same video; an unknown value is a validation error."""
+    m = comfy_models
+
+    def graph(acceleration: str | None):
+        g = Graph()
+        extra = {} if acceleration is None else {"acceleration": acceleration}
+        model = g.node("L2D_LoadModel", **_loader(m), **extra)
+        cond = g.node("L2D_EncodePrompt", model=model.out(0), text="a felted cat", clip_layer=10)
+        images = g.node("EmptyImage", width=64, height=64, batch_size=10, color=0x447755)
+        v2v = g.node("L2D_VideoToVideo", model=model.out(0), images=images.out(0), conditioning=cond.out(0),
+                     t_index_list="30,40", strength=0.0, steps=50, seed=1, use_depth=True, invert_depth=False,
+                     **SIZE)
+        shown = g.node("PreviewImage", images=v2v.out(0))
+        return g.prompt(), shown.id
+
+    outs = []
+    for acceleration in (None, "cuda_graph"):
+        prompt, shown = graph(acceleration)
+        entry = comfy.run(prompt, timeout=300)
+        outs.append(comfy.read_image_batch(entry, shown))
+    assert outs[0].shape == (10, 64, 64, 3)
+    assert float((outs[0] - outs[1]).abs().max()) <= 1.5 / 255
+    assert "CUDA graphs need a CUDA device" in comfy.server.log_text()
+    bad = comfy.queue(graph("tensorrt")[0])
+    assert isinstance(bad, dict) and "acceleration" in json.dumps(bad)

@@ -164,3 +164,21 @@ def test_long_extension_keeps_host_memory_bounded(comfy, comfy_models):
             "seconds": round(duration, 1), "rss_first_quarter_bytes": early, "rss_second_half_max_bytes": late,
             "growth_bytes": growth, "frames_as_float_images_bytes": frames * 64 * 64 * 3 * 4}, indent=2) + "\n")
     assert growth < 20 * 2**20, f"host memory grew by {growth / 2**20:.1f} MiB during a {frames}-frame run"
+
+
+def test_speed_option_gives_the_same_video(comfy, comfy_models):
+    """ST2V_LoadModel's speed option (fused q/k/v is the default) gives the extension of the plain model."""
+    m = comfy_models
+    outs = []
+    for speed in ("none", "fused"):
+        g = Graph()
+        model = g.node("ST2V_LoadModel", **_loader(m), speed=speed)
+        first = g.node("ST2V_TextToVideo", model=model.out(0), prompt="a cat", negative_prompt="", seed=1, steps=2,
+                       guidance=9.0, width=64, height=64)
+        video = g.node("ST2V_Extend", model=model.out(0), first_chunk=first.out(0), prompt="a cat",
+                       negative_prompt="", num_frames=24, seed=2, steps=2, guidance=7.5)
+        images = g.node("ST2V_VideoToImages", video=video.out(0), start=0, count=24, step=1)
+        shown = g.node("PreviewImage", images=images.out(0))
+        outs.append(comfy.read_image_batch(comfy.run(g.prompt(), timeout=300), shown.id))
+    assert outs[0].shape == (24, 64, 64, 3)
+    assert float((outs[0] - outs[1]).abs().max()) <= 1.5 / 255
