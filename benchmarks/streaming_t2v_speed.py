@@ -138,8 +138,10 @@ def main(argv: list[str] | None = None) -> dict:
         ref_steps = args.refiner_steps or (50 if args.size == "real" else 4)
         refiner = RandomizedBlendRefiner(pipe.first_unet, pipe.vae, make_scheduler("ddim"), pipe.text_encoder,
                                          pipe.tokenizer)
+        resident = None
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
+            resident = torch.cuda.memory_allocated()  # every model of the benchmark stays on the GPU
         sync(args.device)
         t = time.perf_counter()
         out = refiner.refine(video, "a benchmark", num_inference_steps=ref_steps, target_size=size,
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
             "frames": int(out.shape[0]),
             "seconds_per_frame": round((time.perf_counter() - t) / out.shape[0], 4),
             "peak_gpu_bytes": torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None,
+            "resident_before_bytes": resident,
         }
     write_result(result, "streaming_t2v_speed", args.device, args.size, args.out)
     if args.json is not None:

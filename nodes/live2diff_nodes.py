@@ -246,6 +246,12 @@ class L2DLoadModel(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, acceleration="none") -> bool | str:
+        if acceleration not in ACCELERATIONS:
+            return f"acceleration must be one of {', '.join(ACCELERATIONS)}, got {acceleration!r}"
+        return True
+
+    @classmethod
     def execute(cls, base, motion, vae, depth_model, lcm_lora, dtype, acceleration="none") -> io.NodeOutput:
         taesd, kl_vae = _resolve_vae(vae)
         handle = Live2DiffModel(

@@ -446,6 +446,12 @@ class ST2VLoadModel(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, speed="fused") -> bool | str:
+        if speed not in SPEEDS:
+            return f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}"
+        return True
+
+    @classmethod
     def execute(cls, modelscope, checkpoint, image_encoder, dtype, speed="fused") -> io.NodeOutput:
         handle = StreamingT2VHandle(
             modelscope=paths.resolve_folder("diffusers", modelscope),

@@ -215,6 +215,12 @@ do_streaming_t2v() {
     --json "$w/ours_st2v.json"
   step streaming_t2v "official" 200 "$off" run_st2v benchmarks/gpu/official_streaming_t2v_speed.py \
     --official-dir .official/streamingt2v "${common[@]}" --json "$w/official_st2v.json"
+  # the refiner at 720p (ours): peak GPU memory of refining one 24-frame video to 1280x720 (2 steps; memory does
+  # not depend on the number of steps), after one 2-step extension chunk at 256x256
+  local rsize; rsize=$([ "$SIZE" = real ] && echo "1280 720" || echo "128 64")
+  step streaming_t2v "ours:refiner" 200 "$ours" run_ours benchmarks/streaming_t2v_speed.py --size "$SIZE" \
+    --device "$DEVICE" --dtype "$DTYPE" --frames 24 --steps 2 --refiner --refiner-steps 2 --refiner-size $rsize \
+    --out "$w/results" --json "$OUT/streaming_t2v_refiner-$([ "$GPU" = 1 ] && echo cuda || echo cpu)-$(date -u +%F).json"
   if [ "$ST2V_COMPILE" = 1 ]; then
     step streaming_t2v "ours:compiled" 400 "$ours" run_ours benchmarks/gpu/ours_streaming_t2v_step.py "${common[@]}" \
       --skip-eager --compile --json "$w/ours_st2v_compile.json"
