@@ -11,6 +11,7 @@ counters the tables the attention needs (:class:`StreamTables`).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +49,11 @@ class StreamTables:
     rows: Tensor
     host_active: tuple[bool, ...]
     host_write_slot: tuple[int, ...]
+
+    def snapshot(self) -> "StreamTables":
+        """A copy that later calls do not overwrite (the device tensors are views of the cache's buffers)."""
+        return dataclasses.replace(self, **{f: getattr(self, f).clone() for f in
+                                            ("active", "write_slot", "mask", "key_pos", "query_pos", "rows")})
 
 
 @dataclass

@@ -91,3 +91,18 @@ def test_200_frame_stream_invariants():
     assert engine.cache.filled == [200, 199]
     assert flops[30] == flops[200] > 0
     assert engine._x_buf.shape == (1, 4, 1, 8, 8)
+
+
+def test_tables_live_in_static_buffers_and_snapshots_keep_them():
+    """Every call's tables are written into the same device buffers (what a captured graph reads); a snapshot keeps a
+    call's values."""
+    cache = KVCache.create([LayerGeometry(1, 8)], 1)
+    cache.mark_warm(0)
+    first = cache.tables()
+    snap = first.snapshot()
+    cache.advance(first)
+    second = cache.tables()
+    assert second.write_slot.data_ptr() == first.write_slot.data_ptr()
+    assert second.mask.data_ptr() == first.mask.data_ptr()
+    assert snap.write_slot.tolist() == [8] and second.write_slot.tolist() == [9] == first.write_slot.tolist()
+    assert first.host_write_slot == (8,) and second.host_write_slot == (9,)
