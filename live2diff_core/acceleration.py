@@ -130,9 +130,8 @@ class CapturedCall:
 
     def _compiled_fn(self) -> Callable[..., Any]:
         if self._compiled is None:
+            # inductor's default mode: no autotuning (minutes on a UNet) and no cudagraphs of its own (ours capture)
             options = {"dynamic": False, **self.compile_options}
-            if "backend" not in options:  # inductor: our own graph capture replaces its cudagraphs
-                options.setdefault("mode", "max-autotune-no-cudagraphs")
             self._compiled = torch.compile(self.fn, **options)
         return self._compiled
 

@@ -37,9 +37,7 @@ def optimize(model: nn.Module, *, fuse_qkv: bool = True, compile: bool = False,
     if fuse_qkv:
         fuse_self_attention(model)
     if compile:
-        options = {"dynamic": False, **(compile_options or {})}
-        if "backend" not in options:
-            options.setdefault("mode", "max-autotune-no-cudagraphs")
+        options = {"dynamic": False, **(compile_options or {})}  # inductor's default mode: no autotuning
         for part in (getattr(model, "base_model", None), getattr(model, "unet", None)):
             if part is not None:
                 part.compile(**options)

@@ -202,11 +202,12 @@ def test_models_made_under_inference_mode_work():
     """ComfyUI runs nodes under torch.inference_mode: weights created there have no version counter."""
     with torch.inference_mode():
         unet = tiny_video_unet()
-        engine = StreamEngine(unet, torch.randn(1, 77, 32), 8, 8, t_index_list=(30, 40), acceleration="compile")
-        engine.runner = unet.stream_runner(engine.cache, "compile", compile_options={"backend": "eager"})
+        engine = StreamEngine(unet, torch.randn(1, 77, 32), 8, 8, t_index_list=(30, 40))
+        engine.runner = unet.stream_runner(engine.cache, "cuda_graph", capture=EmulatedGraphs([unet]))
         z = torch.randn(10, 4, 8, 8)
         engine.warmup(z[:8], z[:8])
         assert engine.step(z[8:9], z[8:9]) is None and engine.step(z[9:10], z[9:10]).shape == (1, 4, 8, 8)
+        assert engine.runner.captures == 1
 
 
 def test_a_capture_failure_falls_back_to_running_without_graphs():
