@@ -8,10 +8,10 @@
 * ``"compile"``: through ``torch.compile`` (inductor kernels), and on CUDA the compiled call is captured as a graph too.
 
 A capture is bound to storage addresses: the weights of ``modules`` and whatever ``fn`` reads from outside its
-inputs (the KV cache; pass its tensors as ``extra_state``). Before every call the weights' storage pointers and
-version counters (and the inputs' shapes/dtypes/devices) are compared with those at capture time; when ComfyUI
-evicts the weights and loads them back (new storage), a LoRA is merged (new version) or a new cache is used, the call
-is captured again. ``captures`` counts the captures (tests and logs read it). Outputs are copied out of the graph's
+inputs (the KV cache; pass its tensors as ``extra_state``). Before every call the storage pointers and version
+counters of a sample of the weights, a change counter (:func:`mark_weights_changed`, which ``merge_lora`` calls) and
+the inputs' shapes/dtypes/devices are compared with those at capture time; when ComfyUI evicts the weights and loads
+them back (new storage), a LoRA is merged or a new cache is used, the call is captured again. ``captures`` counts the captures (tests and logs read it). Outputs are copied out of the graph's
 static buffers, so a returned tensor is never overwritten by a later replay.
 
 Functions captured here must be deterministic in their shapes and must not synchronise with the host.
@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ACCELERATIONS", "CapturedCall", "weights_signature", "cuda_graph_capture"]
+__all__ = ["ACCELERATIONS", "CapturedCall", "cuda_graph_capture", "mark_weights_changed", "weights_signature"]
 
 ACCELERATIONS = ("none", "cuda_graph", "compile")
 log = logging.getLogger(__name__)
@@ -37,6 +37,27 @@ def tensor_version(t: Tensor) -> int:
     """The in-place version counter of ``t`` (0 for inference-mode tensors, which have none: ComfyUI runs nodes
     under ``torch.inference_mode``, so only storage changes are seen for weights created there)."""
     return 0 if t.is_inference() else t._version
+
+
+def mark_weights_changed(module: nn.Module) -> None:
+    """Tell every captured call over ``module`` that its weights were edited in place (a LoRA merge): they are
+    captured again before their next replay. Storage changes (eviction, reload, device moves) are found without it."""
+    module.weights_epoch = getattr(module, "weights_epoch", 0) + 1
+
+
+def _watch_list(modules: Sequence[nn.Module], count: int = 32) -> list[tuple[nn.Module, str, bool]]:
+    """``count`` evenly spaced (owner module, attribute name, is_parameter) entries over the parameters and
+    persistent buffers of ``modules`` (the first and last included): cheap to re-read before every call."""
+    entries = []
+    for module in modules:
+        for owner in module.modules():
+            entries += [(owner, n, True) for n, t in owner._parameters.items() if t is not None]
+            entries += [(owner, n, False) for n, t in owner._buffers.items()
+                        if t is not None and not n.startswith("fused_")]
+    if len(entries) <= count:
+        return entries
+    step = (len(entries) - 1) / (count - 1)
+    return [entries[round(i * step)] for i in range(count)]
 
 
 def weights_signature(modules: Iterable[nn.Module]) -> tuple:
@@ -98,6 +119,7 @@ class CapturedCall:
         self._owner = None if owner is None else weakref.ref(owner)
         self.captures = 0
         self.failed: str | None = None  # why a capture failed (then the call runs without graphs)
+        self._watch: list | None = None
         self._key: Any = None
         self._compiled: Callable[..., Any] | None = None
         self._replay: Callable[[], None] | None = None
@@ -117,9 +139,19 @@ class CapturedCall:
         return torch.cuda.is_available() and any(t is not None and t.is_cuda for t in inputs)
 
     def _signature(self, inputs: Sequence[Tensor | None]) -> tuple:
+        """What a capture is bound to. The weights are watched through a sample of their tensors (an eviction or a
+        reload replaces every storage; re-reading all ~1300 of a UNet would cost milliseconds per frame) plus
+        :func:`mark_weights_changed`'s counter for in-place edits."""
         shapes = tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in inputs)
         extra = tuple(t.data_ptr() for t in self.extra_state()) if self.extra_state else ()
-        return shapes, extra, weights_signature(self.modules)
+        if self._watch is None:
+            self._watch = _watch_list(self.modules)
+        watched = []
+        for owner, name, is_param in self._watch:
+            t = (owner._parameters if is_param else owner._buffers).get(name)
+            watched.append(None if t is None else (t.data_ptr(), tensor_version(t), t.dtype, t.device))
+        epochs = tuple(getattr(m, "weights_epoch", 0) for m in self.modules)
+        return shapes, extra, tuple(watched), epochs
 
     def release(self) -> None:
         """Drop the captured graph and its memory (the next call captures again)."""

@@ -66,6 +66,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from .acceleration import mark_weights_changed
 from .weights_io import read_tensors, safetensors_metadata
 
 __all__ = ["LoraMergeReport", "load_lora_file", "merge_lora"]
@@ -486,4 +487,7 @@ def merge_lora(
             _add_into_(weight, _update(group, shape, weight, scale))
             report.merged[target] += 1
             report.merged_modules[target].append(name)
+    for model in (unet, text_encoder):
+        if model is not None:
+            mark_weights_changed(model)  # captured graphs of this model are re-captured
     return report

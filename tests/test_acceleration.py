@@ -220,3 +220,29 @@ def test_a_capture_failure_falls_back_to_running_without_graphs():
     with torch.no_grad():
         assert torch.equal(call(x), lin(x)) and torch.equal(call(x), lin(x))
     assert call.failed.startswith("RuntimeError") and call.captures == 0
+
+
+@torch.no_grad()
+def test_a_merged_lora_triggers_a_new_capture(unet64):
+    """In-place weight edits keep the storage: merge_lora marks the model, so the next call is captured again and
+    sees the merged weights (the emulated graph refuses a replay over changed weights)."""
+    from live2diff_core.lora import merge_lora
+
+    text = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    z = torch.randn(14, 4, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    wnoise = torch.randn(2, 8, 4, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    unet = tiny_video_unet(seed=3, dtype=torch.float64)
+    eager = StreamEngine(unet, text, 8, 8, t_index_list=(30, 40))
+    fast = StreamEngine(unet, text, 8, 8, t_index_list=(30, 40))
+    fast.runner = unet.stream_runner(fast.cache, "cuda_graph", capture=EmulatedGraphs([unet]))
+    for e in (eager, fast):
+        e.warmup(z[:8], z[:8], noise=wnoise)
+    assert torch.allclose(_stream(fast, z, 8, 10), _stream(eager, z, 8, 10), atol=1e-12, rtol=0)
+    name = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_v"  # not among the watched sample
+    w = dict(unet.named_modules())[name].weight
+    lora = {f"lora_unet_{name.replace('.', '_')}.lora_down.weight": torch.randn(4, w.shape[1], dtype=torch.float64),
+            f"lora_unet_{name.replace('.', '_')}.lora_up.weight": torch.randn(w.shape[0], 4, dtype=torch.float64)}
+    merge_lora(unet, None, lora, 1.0)
+    assert fast.runner.captures == 1
+    assert torch.allclose(_stream(fast, z, 10, 14), _stream(eager, z, 10, 14), atol=1e-12, rtol=0)
+    assert fast.runner.captures == 2
