@@ -77,16 +77,23 @@ def _stream(engine, z, start, stop):
     return torch.cat(outs)
 
 
-@torch.no_grad()
-def test_captured_stream_equals_eager_and_recaptures_after_eviction(unet64):
+def _twin_engines(unet, frames: int, acceleration: str, **options):
+    """An eager engine and one whose streaming call runs through ``stream_runner(acceleration, **options)``, both
+    warmed up on the same seeded latents and noise; returns ``(eager, fast, latents)``."""
     text = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    z = torch.randn(30, 4, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    z = torch.randn(frames, 4, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     wnoise = torch.randn(2, 8, 4, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    eager = StreamEngine(unet64, text, 8, 8, t_index_list=(30, 40))
-    fast = StreamEngine(unet64, text, 8, 8, t_index_list=(30, 40))
-    fast.runner = unet64.stream_runner(fast.cache, "cuda_graph", capture=EmulatedGraphs([unet64]))
+    eager = StreamEngine(unet, text, 8, 8, t_index_list=(30, 40))
+    fast = StreamEngine(unet, text, 8, 8, t_index_list=(30, 40))
+    fast.runner = unet.stream_runner(fast.cache, acceleration, **options)
     for e in (eager, fast):
         e.warmup(z[:8], z[:8], noise=wnoise)
+    return eager, fast, z
+
+
+@torch.no_grad()
+def test_captured_stream_equals_eager_and_recaptures_after_eviction(unet64):
+    eager, fast, z = _twin_engines(unet64, 30, "cuda_graph", capture=EmulatedGraphs([unet64]))
     ref = _stream(eager, z, 8, 20)
     got = _stream(fast, z, 8, 20)
     assert fast.runner.captures == 1
@@ -130,14 +137,7 @@ def test_stale_capture_is_detected_by_the_emulation(unet64):
 @torch.no_grad()
 def test_compiled_stream_equals_eager(unet64):
     """The torch.compile path (eager backend here: inductor needs minutes on 2 cores) gives the same stream."""
-    text = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    z = torch.randn(14, 4, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    wnoise = torch.randn(2, 8, 4, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    eager = StreamEngine(unet64, text, 8, 8, t_index_list=(30, 40))
-    fast = StreamEngine(unet64, text, 8, 8, t_index_list=(30, 40))
-    fast.runner = unet64.stream_runner(fast.cache, "compile", compile_options={"backend": "eager"})
-    for e in (eager, fast):
-        e.warmup(z[:8], z[:8], noise=wnoise)
+    eager, fast, z = _twin_engines(unet64, 14, "compile", compile_options={"backend": "eager"})
     assert torch.allclose(_stream(fast, z, 8, 14), _stream(eager, z, 8, 14), atol=1e-12, rtol=0)
 
 
@@ -228,15 +228,8 @@ def test_a_merged_lora_triggers_a_new_capture(unet64):
     sees the merged weights (the emulated graph refuses a replay over changed weights)."""
     from live2diff_core.lora import merge_lora
 
-    text = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    z = torch.randn(14, 4, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    wnoise = torch.randn(2, 8, 4, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     unet = tiny_video_unet(seed=3, dtype=torch.float64)
-    eager = StreamEngine(unet, text, 8, 8, t_index_list=(30, 40))
-    fast = StreamEngine(unet, text, 8, 8, t_index_list=(30, 40))
-    fast.runner = unet.stream_runner(fast.cache, "cuda_graph", capture=EmulatedGraphs([unet]))
-    for e in (eager, fast):
-        e.warmup(z[:8], z[:8], noise=wnoise)
+    eager, fast, z = _twin_engines(unet, 14, "cuda_graph", capture=EmulatedGraphs([unet]))
     assert torch.allclose(_stream(fast, z, 8, 10), _stream(eager, z, 8, 10), atol=1e-12, rtol=0)
     name = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_v"  # not among the watched sample
     w = dict(unet.named_modules())[name].weight
