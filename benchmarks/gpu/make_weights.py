@@ -31,7 +31,6 @@ A part whose ``<out>/<part>.done`` marker exists (for the same ``--size``) is sk
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import sys
@@ -41,6 +40,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import import_package  # noqa: E402  (the cores by path, as every benchmark script imports them)
+
 L2D_CONFIGS = REPO / "live2diff_core" / "configs"
 ST2V_UNET_CONFIG = REPO / "streaming_t2v_core" / "configs" / "modelscope" / "unet" / "config.json"
 
@@ -60,19 +62,6 @@ TINY_ST2V_UNET = dict(in_channels=4, out_channels=4, block_out_channels=[64, 128
                       down_block_types=["CrossAttnDownBlock3D", "DownBlock3D"],
                       up_block_types=["UpBlock3D", "CrossAttnUpBlock3D"], layers_per_block=2,
                       cross_attention_dim=1024, attention_head_dim=64, norm_num_groups=32, sample_size=8)
-
-
-def import_core(name: str):
-    """Import ``live2diff_core``/``streaming_t2v_core`` by path (the repository root is not put on sys.path: the
-    pack's ``nodes/`` would shadow other packages)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / name / "__init__.py",
-                                                  submodule_search_locations=[str(REPO / name)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _cpu(sd: dict, dtype: torch.dtype) -> dict:
@@ -101,7 +90,7 @@ def _save_safetensors(sd: dict, path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ Live2Diff
 def make_l2d(out: Path, size: str, device: str, dtype: torch.dtype) -> dict:
-    core = import_core("live2diff_core")
+    core = import_package("live2diff_core")
     from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -198,7 +187,7 @@ def make_midas(out: Path, size: str, device: str, dtype: torch.dtype, official_d
 
 # ------------------------------------------------------------------------------------------------ StreamingT2V
 def make_st2v(out: Path, size: str, device: str, dtype: torch.dtype) -> dict:
-    import_core("streaming_t2v_core")
+    import_package("streaming_t2v_core")
     from streaming_t2v_core.model import StreamingT2VModel
 
     root = out / "st2v"

@@ -32,76 +32,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
-import inspect
 import json
 import re
 import sys
-import types
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "parity")]
+from official_streaming_t2v import build_official_models, install_stubs  # noqa: E402  (the parity driver's)
 from speedlib import Report, Timer, device_info, gpu_memory, stats_ms, versions  # noqa: E402
 
-UNET_CONFIG_YAML = Path("t2v_enhanced/configs/text_to_video/config.yaml")
-INFERENCE_YAML = Path("t2v_enhanced/configs/inference/inference_long_video.yaml")
 PIPELINE_PY = Path("t2v_enhanced/model/diffusers_conditional/models/controlnet/"
                    "pipeline_text_to_video_w_controlnet_synth.py")
-
-
-def _stub(name: str, **attrs) -> types.ModuleType:
-    m = types.ModuleType(name)
-    m.__spec__ = importlib.machinery.ModuleSpec(name, None)
-    m.__dict__.update(attrs)
-    sys.modules[name] = m
-    return m
-
-
-def install_stubs(torch) -> list[str]:
-    import torch.nn.functional as F
-
-    def memory_efficient_attention(q, k, v, attn_bias=None, op=None, scale=None, p=0.0):
-        # xformers' [B, M, K] (heads folded into B) or [B, M, H, K]; SDPA wants [B, H, M, K]
-        if q.dim() == 3:
-            mask = None if attn_bias is None else attn_bias.to(q.dtype).unsqueeze(1)
-            out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), attn_mask=mask,
-                                                 scale=scale)
-            return out.squeeze(1)
-        mask = None if attn_bias is None else attn_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             attn_mask=mask, scale=scale)
-        return out.transpose(1, 2)
-
-    xf = _stub("xformers", __version__="stub-sdpa")
-    xf.ops = _stub("xformers.ops", memory_efficient_attention=memory_efficient_attention)
-    stubbed = ["xformers (memory_efficient_attention -> torch SDPA)"]
-
-    class _Any:
-        def __init__(self, *a, **k):
-            pass
-
-    for name, attrs in (("open_clip", {}), ("kornia", {})):
-        if importlib.util.find_spec(name) is None:
-            _stub(name, **attrs)
-            stubbed.append(name)
-    # never exercised; a placeholder also keeps Lightning's own imports out of the official stack's site
-    _stub("pytorch_lightning", LightningModule=torch.nn.Module, Callback=_Any, Trainer=_Any)
-    stubbed.append("pytorch_lightning")
-    import diffusers.utils.import_utils as iu
-
-    iu._xformers_available = True
-    return stubbed
-
-
-def unet_params_args(official: Path) -> dict:
-    import yaml
-
-    base = yaml.safe_load((official / UNET_CONFIG_YAML).read_text())["model"]["unet_params"]["init_args"]
-    over = yaml.safe_load((official / INFERENCE_YAML).read_text())["model"]["unet_params"]["init_args"]
-    args = dict(base)
-    args.update(over or {})
-    return args
 
 
 def cfg_evidence(official: Path) -> dict:
@@ -116,56 +57,6 @@ def cfg_evidence(official: Path) -> dict:
     batched = all(found[k]["lines"] for k in ("latents_doubled", "split")) and len(found["unet_call"]["lines"]) == 1
     return {"mode": "batched: one CAM call and one base-UNet call on [uncond, cond] (batch 2) per step"
             if batched else "not recognised (see evidence)", "evidence": found, "file": str(PIPELINE_PY)}
-
-
-def build_models(official: Path, torch, unet_cfg: dict, device: str, dtype, report: dict):
-    from t2v_enhanced.model.diffusers_conditional.models.controlnet.controlnet import ControlNetModel
-    from t2v_enhanced.model.diffusers_conditional.models.controlnet.processor import \
-        set_use_memory_efficient_attention_xformers
-    from t2v_enhanced.model.diffusers_conditional.models.controlnet.unet_3d_condition import UNet3DConditionModel
-    from t2v_enhanced.model.pl_module_params_controlnet import UNetParams
-    from t2v_enhanced.utils.object_loader import instantiate_object
-
-    class FrozenOpenCLIPImageEmbedder:  # only the class NAME matters to the UNet; sizes of ViT-H/14
-        embedding_dim = 1024
-        num_tokens = 1
-
-    args = unet_params_args(official)
-    accepted = set(inspect.signature(UNetParams.__init__).parameters) - {"self"}
-    args = {k: v for k, v in args.items() if k in accepted}
-    args["image_encoder_obj"] = FrozenOpenCLIPImageEmbedder()
-    up = UNetParams(**args)
-    report["unet_params"] = {k: getattr(up, k) for k in (
-        "merging_mode_base", "merging_mode", "frame_expansion", "num_frames", "num_control_input_frames",
-        "use_resampler", "use_image_tokens_main", "use_image_tokens_ctrl", "use_standard_attention_processor")}
-    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in unet_cfg.items() if not k.startswith("_")}
-    torch.manual_seed(0)
-    with torch.device(device):  # as VideoLDM.__init__, from the config instead of from_pretrained
-        base = UNet3DConditionModel(**cfg, merging_mode=up.merging_mode_base,
-                                    use_image_embedding=up.use_resampler and up.use_image_tokens_main,
-                                    use_fps_conditioning=False, unet_params=up)
-        ctrl = ControlNetModel.from_unet(
-            unet=base, conditioning_embedding_out_channels=up.conditioning_embedding_out_channels,
-            downsample_controlnet_cond=up.downsample_controlnet_cond,
-            num_frames=up.num_frames if (up.frame_expansion != "none" or up.use_controlnet_mask)
-            else up.num_control_input_frames,
-            num_frame_conditioning=up.num_control_input_frames, frame_expansion=up.frame_expansion,
-            pre_transformer_in_cond=up.pre_transformer_in_cond, num_tranformers=up.num_tranformers, vae=None,
-            zero_conv_mode=up.zero_conv_mode, merging_mode=up.merging_mode, condition_encoder=up.condition_encoder,
-            use_controlnet_mask=up.use_controlnet_mask,
-            use_image_embedding=up.use_resampler and up.use_image_tokens_ctrl, unet_params=up,
-            use_image_encoder_normalization=up.use_image_encoder_normalization)
-        enc = up.image_encoder
-        resampler = instantiate_object(up.resampler_cls, video_length=up.num_frames if up.num_frames > 1 else None,
-                                       embedding_dim=enc.embedding_dim, input_tokens=enc.num_tokens,
-                                       num_layers=up.resampler_merging_layers, aggregation=up.aggregation)
-    set_use_memory_efficient_attention_xformers(ctrl, num_frame_conditioning=up.num_control_input_frames,
-                                                num_frames=up.num_frames,
-                                                attention_mask_params=up.attention_mask_params)
-    set_use_memory_efficient_attention_xformers(base, num_frame_conditioning=up.num_control_input_frames,
-                                                num_frames=up.num_frames,
-                                                attention_mask_params=up.attention_mask_params_base)
-    return base, ctrl, resampler, up
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype or ("float16" if device.startswith("cuda") else "float32"))
     rep.update(dtype=str(dtype).replace("torch.", ""), **device_info(torch, device))
     try:
-        stubbed = install_stubs(torch)
+        # Lightning always stubbed: never exercised, and its imports stay out of the official stack's site
+        stubbed = install_stubs(torch, attention="sdpa", always=("pytorch_lightning",))
         sys.path.insert(0, str(official))
         from safetensors.torch import load_file
 
@@ -205,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                    versions=versions("diffusers", "transformers", "huggingface_hub", "einops", "numpy"))
         timer = Timer(torch, device)
         with timer:
-            base, ctrl, resampler, up = build_models(official, torch, unet_cfg, device, dtype, rep.data)
+            base, ctrl, resampler, up = build_official_models(official, torch, unet_cfg, rep.data, device=device)
             weights = load_file(str(wdir / "streaming_t2v.safetensors"), device=device if device != "cpu" else "cpu")
             keys = {}
             for prefix, model in (("base_model.", base), ("unet.", ctrl), ("resampler.", resampler)):

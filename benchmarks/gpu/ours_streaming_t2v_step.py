@@ -20,26 +20,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from common import import_package  # noqa: E402  (the cores by path, as every benchmark script imports them)
 from speedlib import Report, Timer, device_info, gpu_memory, stats_ms, versions  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def import_core(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / name / "__init__.py",
-                                                  submodule_search_locations=[str(REPO / name)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.update(dtype=str(dtype).replace("torch.", ""), **device_info(torch, device))
     timer = Timer(torch, device)
     try:
-        import_core("streaming_t2v_core")
+        import_package("streaming_t2v_core")
         from streaming_t2v_core.loading import load_model
 
         unet_cfg = json.loads((wdir / "unet_config.json").read_text())

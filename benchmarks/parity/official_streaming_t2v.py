@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -75,18 +76,38 @@ def _stub(name: str, **attrs) -> types.ModuleType:
     return m
 
 
-def install_stubs(torch) -> list[str]:
-    """Exact-attention ``xformers``; placeholders for absent optional packages. Returns what was stubbed."""
+def install_stubs(torch, attention: str = "exact", always: tuple[str, ...] = ()) -> list[str]:
+    """An ``xformers`` stand-in and placeholders for absent optional packages (``always``: also when installed).
+    Returns what was stubbed.
 
-    def memory_efficient_attention(q, k, v, attn_bias=None, op=None, scale=None):  # 3D (B, M, K), input dtype
+    ``attention="exact"``: softmax attention in the input dtype, 3D ``[B, M, K]`` (float64 parity);
+    ``"sdpa"``: PyTorch's ``scaled_dot_product_attention``, 3D or 4D ``[B, M, H, K]`` (timing on a GPU)."""
+    import torch.nn.functional as F
+
+    def exact(q, k, v, attn_bias=None, op=None, scale=None):  # 3D (B, M, K), input dtype
         s = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
         if attn_bias is not None:
             s = s + attn_bias
         return s.softmax(-1) @ v
 
-    xf = _stub("xformers")
-    xf.ops = _stub("xformers.ops", memory_efficient_attention=memory_efficient_attention)
-    stubbed = ["xformers (exact attention)"]
+    def sdpa(q, k, v, attn_bias=None, op=None, scale=None, p=0.0):
+        # xformers' [B, M, K] (heads folded into B) or [B, M, H, K]; SDPA wants [B, H, M, K]
+        if q.dim() == 3:
+            mask = None if attn_bias is None else attn_bias.to(q.dtype).unsqueeze(1)
+            out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), attn_mask=mask,
+                                                 scale=scale)
+            return out.squeeze(1)
+        mask = None if attn_bias is None else attn_bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=mask, scale=scale)
+        return out.transpose(1, 2)
+
+    if attention not in ("exact", "sdpa"):
+        raise ValueError(f"attention must be 'exact' or 'sdpa', got {attention!r}")
+    xf = _stub("xformers", __version__=f"stub-{attention}")
+    xf.ops = _stub("xformers.ops", memory_efficient_attention=exact if attention == "exact" else sdpa)
+    stubbed = ["xformers (exact attention)" if attention == "exact"
+               else "xformers (memory_efficient_attention -> torch SDPA)"]
 
     class _Any:
         def __init__(self, *a, **k):
@@ -95,7 +116,7 @@ def install_stubs(torch) -> list[str]:
     for name, attrs in (("open_clip", {}), ("kornia", {}),
                         ("pytorch_lightning", {"LightningModule": torch.nn.Module, "Callback": _Any,
                                                "Trainer": _Any})):
-        if importlib.util.find_spec(name) is None:
+        if name in always or importlib.util.find_spec(name) is None:
             _stub(name, **attrs)
             stubbed.append(name)
     import diffusers.utils.import_utils as iu
@@ -116,17 +137,16 @@ def _unet_params_args(official: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- (a) model
-def run_model(official: Path, torch, cfg: dict, weights: dict, inputs: dict, out: dict, report: dict) -> None:
-    from diffusers import UNet3DConditionModel as DiffusersUNet3D
-
+def build_official_models(official: Path, torch, unet_cfg: dict, report: dict, device=None):
+    """``(base, ctrl, resampler, unet_params)`` as ``VideoLDM.__init__`` (``video_ldm.py``) builds them, from the
+    shipped ``UNetParams`` config and ``unet_cfg`` instead of ``from_pretrained``, with the official attention
+    processors set; random weights (seed 0), on ``device`` (default: torch's default device)."""
     from t2v_enhanced.model.diffusers_conditional.models.controlnet.controlnet import ControlNetModel
     from t2v_enhanced.model.diffusers_conditional.models.controlnet.processor import \
         set_use_memory_efficient_attention_xformers
     from t2v_enhanced.model.diffusers_conditional.models.controlnet.unet_3d_condition import UNet3DConditionModel
     from t2v_enhanced.model.pl_module_params_controlnet import UNetParams
     from t2v_enhanced.utils.object_loader import instantiate_object
-
-    dtype = getattr(torch, cfg["dtype"])
 
     class FrozenOpenCLIPImageEmbedder:  # only the class NAME matters to the UNet; sizes of ViT-H/14
         embedding_dim = 1024
@@ -143,35 +163,43 @@ def run_model(official: Path, torch, cfg: dict, weights: dict, inputs: dict, out
         "num_control_input_frames", "use_resampler", "use_image_tokens_main", "use_image_tokens_ctrl",
         "use_standard_attention_processor", "use_image_encoder_normalization", "resampler_cls")}
 
-    unet_cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg["unet_config"].items()
-                if not k.startswith("_")}
+    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in unet_cfg.items() if not k.startswith("_")}
     torch.manual_seed(0)
-    # as VideoLDM.__init__ (video_ldm.py), with the tiny config instead of from_pretrained
-    base = UNet3DConditionModel(**unet_cfg, merging_mode=up.merging_mode_base,
-                                use_image_embedding=up.use_resampler and up.use_image_tokens_main,
-                                use_fps_conditioning=False, unet_params=up)
-    ctrl = ControlNetModel.from_unet(
-        unet=base, conditioning_embedding_out_channels=up.conditioning_embedding_out_channels,
-        downsample_controlnet_cond=up.downsample_controlnet_cond,
-        num_frames=up.num_frames if (up.frame_expansion != "none" or up.use_controlnet_mask)
-        else up.num_control_input_frames,
-        num_frame_conditioning=up.num_control_input_frames, frame_expansion=up.frame_expansion,
-        pre_transformer_in_cond=up.pre_transformer_in_cond, num_tranformers=up.num_tranformers, vae=None,
-        zero_conv_mode=up.zero_conv_mode, merging_mode=up.merging_mode, condition_encoder=up.condition_encoder,
-        use_controlnet_mask=up.use_controlnet_mask,
-        use_image_embedding=up.use_resampler and up.use_image_tokens_ctrl, unet_params=up,
-        use_image_encoder_normalization=up.use_image_encoder_normalization)
-    enc = up.image_encoder
-    resampler = instantiate_object(up.resampler_cls, video_length=up.num_frames if up.num_frames > 1 else None,
-                                   embedding_dim=enc.embedding_dim,
-                                   input_tokens=enc.num_tokens, num_layers=up.resampler_merging_layers,
-                                   aggregation=up.aggregation)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        base = UNet3DConditionModel(**cfg, merging_mode=up.merging_mode_base,
+                                    use_image_embedding=up.use_resampler and up.use_image_tokens_main,
+                                    use_fps_conditioning=False, unet_params=up)
+        ctrl = ControlNetModel.from_unet(
+            unet=base, conditioning_embedding_out_channels=up.conditioning_embedding_out_channels,
+            downsample_controlnet_cond=up.downsample_controlnet_cond,
+            num_frames=up.num_frames if (up.frame_expansion != "none" or up.use_controlnet_mask)
+            else up.num_control_input_frames,
+            num_frame_conditioning=up.num_control_input_frames, frame_expansion=up.frame_expansion,
+            pre_transformer_in_cond=up.pre_transformer_in_cond, num_tranformers=up.num_tranformers, vae=None,
+            zero_conv_mode=up.zero_conv_mode, merging_mode=up.merging_mode, condition_encoder=up.condition_encoder,
+            use_controlnet_mask=up.use_controlnet_mask,
+            use_image_embedding=up.use_resampler and up.use_image_tokens_ctrl, unet_params=up,
+            use_image_encoder_normalization=up.use_image_encoder_normalization)
+        enc = up.image_encoder
+        resampler = instantiate_object(up.resampler_cls, video_length=up.num_frames if up.num_frames > 1 else None,
+                                       embedding_dim=enc.embedding_dim, input_tokens=enc.num_tokens,
+                                       num_layers=up.resampler_merging_layers, aggregation=up.aggregation)
     set_use_memory_efficient_attention_xformers(ctrl, num_frame_conditioning=up.num_control_input_frames,
                                                 num_frames=up.num_frames,
                                                 attention_mask_params=up.attention_mask_params)
     set_use_memory_efficient_attention_xformers(base, num_frame_conditioning=up.num_control_input_frames,
                                                 num_frames=up.num_frames,
                                                 attention_mask_params=up.attention_mask_params_base)
+    return base, ctrl, resampler, up
+
+
+def run_model(official: Path, torch, cfg: dict, weights: dict, inputs: dict, out: dict, report: dict) -> None:
+    from diffusers import UNet3DConditionModel as DiffusersUNet3D
+
+    dtype = getattr(torch, cfg["dtype"])
+    base, ctrl, resampler, _ = build_official_models(official, torch, cfg["unet_config"], report)
+    unet_cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg["unet_config"].items()
+                if not k.startswith("_")}
     # the first chunk's model: diffusers' own UNet3DConditionModel (TextToVideoSDPipeline), no CAM, no APM
     plain = DiffusersUNet3D(**unet_cfg)
 
