@@ -45,31 +45,34 @@ def mark_weights_changed(module: nn.Module) -> None:
     module.weights_epoch = getattr(module, "weights_epoch", 0) + 1
 
 
-def _watch_list(modules: Sequence[nn.Module], count: int = 32) -> list[tuple[nn.Module, str, bool]]:
-    """``count`` evenly spaced (owner module, attribute name, is_parameter) entries over the parameters and
-    persistent buffers of ``modules`` (the first and last included): cheap to re-read before every call."""
+def _weight_entries(modules: Sequence[nn.Module], count: int | None = None) -> list[tuple[nn.Module, str, bool]]:
+    """(owner module, attribute name, is_parameter) of the parameters and buffers of ``modules`` (the
+    derived ``fused_*`` buffers left out); with ``count``, that many evenly spaced ones (first and last included)."""
     entries = []
     for module in modules:
         for owner in module.modules():
             entries += [(owner, n, True) for n, t in owner._parameters.items() if t is not None]
             entries += [(owner, n, False) for n, t in owner._buffers.items()
                         if t is not None and not n.startswith("fused_")]
-    if len(entries) <= count:
+    if count is None or len(entries) <= count:
         return entries
     step = (len(entries) - 1) / (count - 1)
     return [entries[round(i * step)] for i in range(count)]
 
 
+def _read_entries(entries: list[tuple[nn.Module, str, bool]]) -> tuple:
+    """Storage pointer, version counter, dtype and device of each entry's current tensor (re-read each time: a
+    module may have been given a new Parameter object)."""
+    out = []
+    for owner, name, is_param in entries:
+        t = (owner._parameters if is_param else owner._buffers).get(name)
+        out.append(None if t is None else (t.data_ptr(), tensor_version(t), t.dtype, t.device))
+    return tuple(out)
+
+
 def weights_signature(modules: Iterable[nn.Module]) -> tuple:
-    """Storage pointer, version counter, dtype and device of every parameter and persistent buffer of ``modules``."""
-    sig = []
-    for module in modules:
-        for t in module.parameters():
-            sig.append((t.data_ptr(), tensor_version(t), t.dtype, t.device))
-        for name, t in module.named_buffers():
-            if t is not None and not name.rsplit(".", 1)[-1].startswith("fused_"):
-                sig.append((t.data_ptr(), tensor_version(t), t.dtype, t.device))
-    return tuple(sig)
+    """Storage pointer, version counter, dtype and device of every parameter and buffer of ``modules``."""
+    return _read_entries(_weight_entries(list(modules)))
 
 
 def _map(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
@@ -145,13 +148,9 @@ class CapturedCall:
         shapes = tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in inputs)
         extra = tuple(t.data_ptr() for t in self.extra_state()) if self.extra_state else ()
         if self._watch is None:
-            self._watch = _watch_list(self.modules)
-        watched = []
-        for owner, name, is_param in self._watch:
-            t = (owner._parameters if is_param else owner._buffers).get(name)
-            watched.append(None if t is None else (t.data_ptr(), tensor_version(t), t.dtype, t.device))
+            self._watch = _weight_entries(self.modules, count=32)
         epochs = tuple(getattr(m, "weights_epoch", 0) for m in self.modules)
-        return shapes, extra, tuple(watched), epochs
+        return shapes, extra, _read_entries(self._watch), epochs
 
     def release(self) -> None:
         """Drop the captured graph and its memory (the next call captures again)."""
