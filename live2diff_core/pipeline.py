@@ -220,13 +220,6 @@ class Live2DiffPipeline:
             self._calls[key] = CapturedCall(fn, mode, modules, name=f"Live2Diff {name}")
         return self._calls[key]
 
-    def release_graphs(self) -> None:
-        """Drop every captured graph of this pipeline (the current stream's included)."""
-        for call in self._calls.values():
-            call.release()
-        if self._stream is not None and self._stream.engine.runner is not None:
-            self._stream.engine.runner.release()
-
     def _encode(self, images: Tensor, depth_cond: Tensor | None, generator: torch.Generator | None,
                 mode: str) -> tuple[Tensor, Tensor | None]:
         """Latents of the frames and of the depth conditions, encoded as one batch."""
