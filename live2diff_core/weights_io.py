@@ -26,9 +26,30 @@ def _refused(path: Path, exc: BaseException) -> ValueError:
                       "convert it to .safetensors")
 
 
+def refuse_torchscript(path: Path) -> None:
+    """Raise ``ValueError`` for a TorchScript archive (``torch.jit.save``: records ``constants.pkl`` / ``code/``).
+
+    ``torch.load`` hands such archives to ``torch.jit.load``, which runs the archive's code; with
+    ``weights_only=True`` torch refuses them too, but we refuse first, by name, before ``torch.load`` sees the file."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return
+    try:
+        records = torch._C.PyTorchFileReader(str(path)).get_all_records()
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read the file (truncated or corrupt zip?): {exc}") from exc
+    if any(r == "constants.pkl" or r.startswith(("code/", ".data/ts_code")) for r in records):
+        raise ValueError(f"{path}: not loaded for safety: it is a TorchScript archive, which carries code that would "
+                         "run when loaded; use the original checkpoint (a torch.save state dict) or a .safetensors "
+                         "file")
+
+
 def torch_load(path: PathLike) -> Any:
-    """``torch.load(weights_only=True)`` (memory-mapped where the format allows) with errors naming the file."""
+    """``torch.load(weights_only=True)`` (memory-mapped where the format allows) with errors naming the file.
+
+    TorchScript archives are refused before ``torch.load`` sees them (:func:`refuse_torchscript`)."""
     path = Path(path)
+    refuse_torchscript(path)
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)

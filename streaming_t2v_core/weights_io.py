@@ -4,9 +4,12 @@ Public API
 ----------
 ``read_checkpoint(path, prefixes) -> (tensors, CheckpointReport)``
     Reads the official ``streaming_t2v.ckpt`` (a PyTorch-Lightning pickle in torch's zip format) memory-mapped,
-    through a *restricted* unpickler: only torch's tensor-rebuild functions, storage types, dtypes and plain
-    containers are resolved; every other class (Lightning, omegaconf, the official repo, numpy, ...) becomes an
-    inert placeholder. No module outside that allow-list is ever imported and no foreign code runs.
+    through a *restricted* unpickler: only torch's tensor/parameter rebuilders (without pickled hooks or Python
+    state), storage types, dtypes and plain containers are resolved; every other global (Lightning, omegaconf, the
+    official repo, numpy, ``exec``...) becomes an inert placeholder that is never called. ``torch.load`` is not used
+    for zip files (we read ``data.pkl`` and the tensor records ourselves), so a TorchScript archive can never reach
+    ``torch.jit.load``: it is refused by name. Legacy (pre-1.6) files go through ``torch.load(weights_only=True)``.
+    Differs from the official code, which calls ``torch.load`` with full unpickling.
 
     ``tensors`` holds only the ``state_dict`` entries whose names start with one of ``prefixes``, **with their full
     names (the prefix is NOT stripped)** -- use :func:`strip_prefix` to strip it. The tensors are views into the
@@ -40,12 +43,11 @@ foreign file raises ``ValueError`` naming the file.
 from __future__ import annotations
 
 import collections
-import copyreg
+import io
 import json
 import os
 import pickle
 import struct
-import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,112 +142,152 @@ class UnknownObject:
 
 def _safe_codecs_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     # protocol-2 pickles store ``bytes`` as ``_codecs.encode(str, 'latin1')``
-    if encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1", "utf-8", "utf8", "ascii"):
-        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
-    return str(obj).encode(encoding, errors)
+    if not isinstance(obj, str) or encoding.lower().replace("_", "-") not in (
+            "latin1", "latin-1", "iso-8859-1", "utf-8", "utf8", "ascii"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode({type(obj).__name__}, {encoding!r})")
+    return obj.encode(encoding, errors)
 
 
-def _build_allowed() -> dict[tuple[str, str], Any]:
-    import torch._tensor
-    import torch._utils
-    import torch.nn.parameter
-    import torch.serialization
+def _from_iterable(cls: type) -> Callable[..., Any]:
+    """``cls(iterable)`` for a container class, refusing anything but pickled containers (no ``bytearray(10**12)``)."""
+    def build(*args: Any) -> Any:
+        if len(args) > 1 or (args and not isinstance(args[0], (list, tuple, dict, set, frozenset, str, bytes))):
+            raise pickle.UnpicklingError(f"refusing {cls.__name__}{tuple(type(a).__name__ for a in args)}")
+        return cls(*args)
+    build.__name__ = cls.__name__
+    return build
 
-    allowed: dict[tuple[str, str], Any] = {}
-    for name in (
-        "_rebuild_tensor",
-        "_rebuild_tensor_v2",
-        "_rebuild_tensor_v3",
-        "_rebuild_parameter",
-        "_rebuild_parameter_with_state",
-        "_rebuild_meta_tensor_no_storage",
-    ):
-        if hasattr(torch._utils, name):
-            allowed[("torch._utils", name)] = getattr(torch._utils, name)
-    for name in ("_rebuild_from_type_v2", "_rebuild_from_type"):
-        if hasattr(torch._tensor, name):
-            allowed[("torch._tensor", name)] = getattr(torch._tensor, name)
-            allowed[("torch.tensor", name)] = getattr(torch._tensor, name)
-    allowed[("torch.nn.parameter", "Parameter")] = torch.nn.parameter.Parameter
-    allowed[("torch", "Tensor")] = torch.Tensor
-    allowed[("torch._tensor", "Tensor")] = torch.Tensor
-    allowed[("torch", "Size")] = torch.Size
-    allowed[("torch", "device")] = torch.device
-    allowed[("torch", "UntypedStorage")] = torch.UntypedStorage
-    allowed[("torch.storage", "UntypedStorage")] = torch.UntypedStorage
-    if hasattr(torch.serialization, "_get_layout"):
-        allowed[("torch.serialization", "_get_layout")] = torch.serialization._get_layout
+
+def _tensor_rebuilders() -> dict[tuple[str, str], Any]:
+    """The allow-list: torch's functions that rebuild a tensor or parameter from a storage, plus dtypes and sizes.
+
+    Parameters are rebuilt without their pickled backward hooks or Python state (an arbitrary attribute dict), so
+    nothing from the file is attached to what the loaders return."""
+    import torch._utils as tu
+
+    def rebuild_parameter(data: Any, requires_grad: Any, *_hooks_and_state: Any) -> torch.nn.Parameter:
+        if not isinstance(data, torch.Tensor):
+            raise pickle.UnpicklingError("refusing a Parameter that does not wrap a tensor")
+        return torch.nn.Parameter(data, requires_grad=bool(requires_grad))
+
+    def rebuild_tensor(*args: Any) -> torch.Tensor:
+        storage = args[0] if args else None
+        if not isinstance(storage, torch.storage.TypedStorage):
+            raise pickle.UnpicklingError("refusing a tensor whose storage is not one of the file's records")
+        if len(args) < 4:
+            raise pickle.UnpicklingError("refusing a tensor pickled without offset, size and stride")
+        requires_grad = bool(args[4]) if len(args) > 4 else False
+        # pickled backward hooks and metadata are dropped: nothing from the file is attached to the tensor
+        return tu._rebuild_tensor_v2(storage, args[1], args[2], args[3], requires_grad, collections.OrderedDict())
+
+    def rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> torch.Tensor:
+        # tensors saved with a __dict__ (torch >= 1.13); only plain tensors/parameters, Python state dropped
+        if func not in (rebuild_tensor, rebuild_parameter) or new_type not in (torch.Tensor, torch.nn.Parameter):
+            raise pickle.UnpicklingError(f"refusing _rebuild_from_type_v2({func!r}, {new_type!r})")
+        return func(*args)
+
+    allowed: dict[tuple[str, str], Any] = {
+        ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): rebuild_parameter,
+        ("torch._tensor", "_rebuild_from_type_v2"): rebuild_from_type_v2,
+        ("torch", "Tensor"): torch.Tensor,
+        ("torch._tensor", "Tensor"): torch.Tensor,
+        ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
+        ("torch", "Size"): torch.Size,
+        ("collections", "OrderedDict"): _from_iterable(collections.OrderedDict),
+        ("builtins", "set"): _from_iterable(set),
+        ("builtins", "frozenset"): _from_iterable(frozenset),
+        ("builtins", "bytearray"): _from_iterable(bytearray),
+        ("_codecs", "encode"): _safe_codecs_encode,
+    }
+    if hasattr(tu, "_rebuild_meta_tensor_no_storage"):
+        allowed[("torch._utils", "_rebuild_meta_tensor_no_storage")] = tu._rebuild_meta_tensor_no_storage
     for attr in dir(torch):
         val = getattr(torch, attr, None)
-        if isinstance(val, (torch.dtype, torch.layout, torch.memory_format)):
+        if isinstance(val, (torch.dtype, torch.memory_format)):
             allowed[("torch", attr)] = val
-    for cls in (dict, list, tuple, set, frozenset, int, float, complex, bool, str, bytes, bytearray, slice, range, object):
-        allowed[("builtins", cls.__name__)] = cls
-        allowed[("__builtin__", cls.__name__)] = cls
-    for cls in (collections.OrderedDict, collections.defaultdict, collections.deque, collections.Counter):
-        allowed[("collections", cls.__name__)] = cls
-    allowed[("_codecs", "encode")] = _safe_codecs_encode
     return allowed
 
 
-_ALLOWED: dict[tuple[str, str], Any] | None = None
-_ALLOWED_CLASSES: set[type] = set()
+class _StorageType:
+    """What ``torch.FloatStorage`` & co. resolve to inside the file: only their element type (never called)."""
+
+    def __init__(self, name: str) -> None:
+        self.dtype = torch.uint8 if name == "UntypedStorage" else torch.serialization.StorageType(name).dtype
 
 
-def _allowed() -> dict[tuple[str, str], Any]:
-    global _ALLOWED
-    if _ALLOWED is None:
-        _ALLOWED = _build_allowed()
-        _ALLOWED_CLASSES.update(v for v in _ALLOWED.values() if isinstance(v, type))
-    return _ALLOWED
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves globals only from :func:`_tensor_rebuilders`; every other global becomes an inert
+    :class:`UnknownObject` subclass (recorded in ``unknown``), so no module is imported and no function of the file's
+    choosing is called. Storages come from ``storage(dtype, key, numel)`` (persistent ids of torch's zip format)."""
 
+    def __init__(self, data: bytes, unknown: set[str], storage: Callable[[torch.dtype, str, int], Any]) -> None:
+        super().__init__(io.BytesIO(data))
+        self._unknown = unknown
+        self._storage = storage
+        self._allowed = _tensor_rebuilders()
+        self._placeholders: dict[str, type] = {}
 
-def _make_restricted_pickle_module(unknown: set[str]) -> types.ModuleType:
-    """A pickle-module stand-in for ``torch.load(pickle_module=...)``; unknown globals are recorded in ``unknown``."""
-    allowed = _allowed()
-    placeholders: dict[str, type] = {}
-
-    def placeholder(module: str, name: str) -> type:
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
+        module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)  # protocol-2 names
+        if module in ("torch", "torch.storage") and isinstance(name, str) and name.endswith("Storage"):
+            try:
+                return _StorageType(name)
+            except (KeyError, AttributeError):
+                pass
+        obj = self._allowed.get((module, name))
+        if obj is not None:
+            return obj
         qual = f"{module}.{name}"
-        unknown.add(qual)
-        cls = placeholders.get(qual)
+        self._unknown.add(qual)
+        cls = self._placeholders.get(qual)
         if cls is None:
             safe = "".join(c if c.isalnum() or c == "_" else "_" for c in str(name)) or "Unknown"
             cls = type(safe, (UnknownObject,), {"_st2v_qualname": qual, "__module__": __name__ + ".unknown"})
-            placeholders[qual] = cls
+            self._placeholders[qual] = cls
         return cls
 
-    def safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
-        if isinstance(cls, type) and issubclass(cls, UnknownObject):
-            return cls(state)
-        if cls in _ALLOWED_CLASSES and (base is object or base in _ALLOWED_CLASSES):
-            return copyreg._reconstructor(cls, base, state)
-        raise pickle.UnpicklingError(f"refusing copyreg._reconstructor({cls!r}, {base!r})")
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and isinstance(pid[4], int)):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+        return self._storage(pid[1].dtype, pid[2], pid[4])
 
-    class RestrictedUnpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
-            if (module, name) == ("copyreg", "_reconstructor") or (module, name) == ("copy_reg", "_reconstructor"):
-                return safe_reconstructor
-            obj = allowed.get((module, name))
-            if obj is not None:
-                return obj
-            return placeholder(module, name)
 
-    def load(file, **kwargs):
-        return RestrictedUnpickler(file, **kwargs).load()
+def _is_torchscript(records: Iterable[str]) -> bool:
+    """A TorchScript archive (``torch.jit.save``) carries code (``code/``, ``constants.pkl``) that ``torch.load``
+    would hand to ``torch.jit.load``: refused by name, whatever else the archive holds."""
+    return any(r == "constants.pkl" or r.startswith(("code/", ".data/ts_code")) for r in records)
 
-    def loads(data: bytes, **kwargs):
-        import io
 
-        return RestrictedUnpickler(io.BytesIO(data), **kwargs).load()
+def _load_torch_zip(path: Path, unknown: set[str]) -> Any:
+    """Unpickle ``data.pkl`` of a torch zip checkpoint with :class:`_RestrictedUnpickler`, the tensors memory-mapped
+    from the file. ``torch.load`` is never called, so no archive reaches ``torch.jit.load``."""
+    reader = torch._C.PyTorchFileReader(str(path))
+    records = reader.get_all_records()
+    if _is_torchscript(records):
+        raise ValueError(f"'{path}' is a TorchScript archive (it carries code that would run when loaded): refused. "
+                         "Use the original checkpoint (a torch.save state dict) or a .safetensors file")
+    if "data.pkl" not in records:
+        raise ValueError(f"'{path}' is a zip file but not a torch checkpoint (no data.pkl)")
+    if "byteorder" in records and reader.get_record("byteorder") not in (b"little",):
+        raise ValueError(f"'{path}' was saved on a big-endian machine; convert it to .safetensors there")
+    whole = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=path.stat().st_size)
+    loaded: dict[str, torch.storage.TypedStorage] = {}
 
-    mod = types.ModuleType("streaming_t2v_core._restricted_pickle")
-    mod.Unpickler = RestrictedUnpickler
-    mod.load = load
-    mod.loads = loads
-    mod.UnpicklingError = pickle.UnpicklingError
-    mod.HIGHEST_PROTOCOL = pickle.HIGHEST_PROTOCOL
-    return mod
+    def storage(dtype: torch.dtype, key: str, numel: int) -> torch.storage.TypedStorage:
+        if key not in loaded:
+            name = f"data/{key}"
+            nbytes = numel * torch.empty((), dtype=dtype).element_size()
+            if name not in records or numel < 0 or nbytes > reader.get_record_size(name):
+                raise pickle.UnpicklingError(f"tensor data '{name}' is missing or shorter than the pickle claims")
+            offset = reader.get_record_offset(name)
+            loaded[key] = torch.storage.TypedStorage(wrap_storage=whole[offset:offset + nbytes], dtype=dtype,
+                                                     _internal=True)
+        return loaded[key]
+
+    return _RestrictedUnpickler(reader.get_record("data.pkl"), unknown, storage).load()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -348,23 +390,25 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def _torch_load_restricted(path: Path, unknown: set[str]) -> tuple[Any, str, bool]:
-    module = _make_restricted_pickle_module(unknown)
     if _is_zip(path):
         try:
-            obj = torch.load(str(path), map_location="cpu", pickle_module=module, weights_only=False, mmap=True)
+            obj = _load_torch_zip(path, unknown)
+        except ValueError:
+            raise
         except Exception as e:
             raise ValueError(
                 f"could not read checkpoint '{path}' (truncated or corrupt torch zip file?): {type(e).__name__}: {e}"
             ) from e
         return obj, "torch-zip", True
-    # legacy (pre-1.6) torch.save format or a raw pickle: cannot be memory-mapped
+    # legacy (pre-1.6) torch.save format: torch's own allow-list unpickler (tensors and containers only)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            obj = torch.load(str(path), map_location="cpu", pickle_module=module, weights_only=False, mmap=False)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
     except Exception as e:
         raise ValueError(
-            f"could not read checkpoint '{path}' (not a torch checkpoint, or truncated/corrupt): {type(e).__name__}: {e}"
+            f"could not read checkpoint '{path}' (not a torch checkpoint, truncated/corrupt, or a legacy-format pickle "
+            f"holding Python objects, which is refused for safety): {type(e).__name__}: {str(e)[:300]}"
         ) from e
     warnings.warn(
         f"'{path.name}' uses the legacy (non-zip) torch format and cannot be memory-mapped; it was read into RAM. "
