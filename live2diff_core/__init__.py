@@ -7,6 +7,7 @@ from .depth import DepthEstimator, depth_to_condition, load_depth_estimator
 from .engine import StreamEngine
 from .frame_filter import SimilarFrameFilter
 from .kv_cache import KVCache
+from .live_session import LiveSession, SessionStore
 from .loader import load_unet
 from .lora import load_lora_file, merge_lora
 from .motion_module import MotionModuleConfig
@@ -22,7 +23,9 @@ __all__ = [
     "DepthEstimator",
     "KVCache",
     "Live2DiffPipeline",
+    "LiveSession",
     "MotionModuleConfig",
+    "SessionStore",
     "SimilarFrameFilter",
     "StreamEngine",
     "StreamSettings",

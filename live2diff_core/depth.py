@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .sd_checkpoint import shard_files
 from .weights_io import read_tensors
 
 __all__ = [
@@ -297,14 +298,8 @@ def _load_tensor_file(path: Path) -> dict[str, Any]:
 
 def _load_weight_files(path: Path) -> dict[str, Any]:
     if path.name.endswith(".index.json"):
-        try:
-            index = json.loads(path.read_text(encoding="utf-8"))
-            shards = sorted(set(index["weight_map"].values()))
-        except Exception as err:
-            raise ValueError(f"{path}: cannot read the shard index (truncated or corrupt?): {err}") from err
         sd: dict[str, Any] = {}
-        for shard in shards:
-            shard_path = path.parent / shard
+        for shard_path in shard_files(path):
             if not shard_path.is_file():
                 raise FileNotFoundError(f"Depth model shard {str(shard_path)!r} listed in {str(path)!r} is missing")
             sd.update(_load_tensor_file(shard_path))

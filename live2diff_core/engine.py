@@ -12,13 +12,17 @@ noise tensors explicitly.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
+from .finite import FiniteWatch
 from .scheduler import DenoiserCoefficients, make_lcm_scheduler, select_timesteps
 from .video_unet import VideoUNet
+
+LATENT_HINT = "the input frames or depth maps, or the VAE encoder, produced them: check them, or try dtype float32"
+OUTPUT_HINT = "the model or a LoRA produced non-finite values: try dtype float32, or check the LoRA"
 
 
 class StreamEngine:
@@ -62,6 +66,7 @@ class StreamEngine:
         self.cache = unet.new_cache(self.num_steps, latent_height, latent_width, window=window, sinks=sinks)
         self.acceleration = acceleration
         self.runner = unet.stream_runner(self.cache, acceleration) if acceleration != "none" else None
+        self.watch = FiniteWatch()  # NaN/Inf of the inputs and outputs; read one frame late on a GPU
         self._reset_buffers()
 
     # ------------------------------------------------------------------ state
@@ -89,18 +94,32 @@ class StreamEngine:
         """Forget the stream (cache and in-flight frames); the next call must be :meth:`warmup`."""
         self.cache.reset()
         self._reset_buffers()
+        self.watch.clear()
+
+    def _state(self) -> tuple:
+        """The stream besides the KV cache: in-flight latents, flags and the generator's state."""
+        generator = None if self.generator is None else self.generator.get_state()
+        return self._x_buf, self._d_buf, self._finished, self._uses_depth, generator
+
+    def _restore(self, state: tuple) -> None:
+        self._x_buf, self._d_buf, self._finished, self._uses_depth, generator = state
+        if generator is not None:
+            self.generator.set_state(generator)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Run several :meth:`step` calls atomically: if the block raises (an error, or an interrupt), the stream
-        (KV cache contents and counters, in-flight latents) is restored exactly as it was before the block."""
-        state = (self._x_buf, self._d_buf, self._finished, self._uses_depth)
+        """Run several :meth:`step` (or :meth:`flush`) calls atomically: if the block raises (an error, or an
+        interrupt), the stream (KV cache contents and counters, in-flight latents, generator) is restored exactly as
+        it was before the block. The deferred NaN/Inf flags of the block are read before it commits."""
+        state = self._state()
         self.cache.begin()
         try:
             yield
+            self.watch.check()
         except BaseException:
+            self.watch.clear()
             self.cache.rollback()
-            self._x_buf, self._d_buf, self._finished, self._uses_depth = state
+            self._restore(state)
             raise
         else:
             self.cache.commit()
@@ -118,38 +137,53 @@ class StreamEngine:
             raise ValueError(f"{what} must be [N, 4, {self.height}, {self.width}], got {tuple(x.shape)}")
         if frames is not None and x.shape[0] != frames:
             raise ValueError(f"{what} needs exactly {frames} frames, got {x.shape[0]}")
-        if not x.is_cuda and not torch.isfinite(x).all():  # on a GPU this check would stall the stream
-            raise ValueError(f"{what} contains NaN or infinite values")
+        self.watch.watch(x, what, LATENT_HINT)
         return x.to(self.device, self.dtype)
 
     # ------------------------------------------------------------------ warm-up
     @torch.no_grad()
     def warmup(self, latents: Tensor, depth_latents: Tensor | None = None, *,
-               noise: Tensor | None = None) -> Tensor:
+               noise: Tensor | None = None, check_interrupt: Callable[[], None] | None = None) -> Tensor:
         """Denoise the ``sinks`` warm-up frames together (bidirectional) through all steps; fill every cache row.
 
         ``latents``/``depth_latents``: ``[sinks, 4, h, w]`` clean (VAE-encoded) latents. ``noise``: optional
         ``[T, sinks, 4, h, w]`` (row 0 noises the input to the first timestep, row ``i`` re-noises to step ``i``).
-        Returns the final x0 latents ``[sinks, 4, h, w]``.
+        ``check_interrupt()`` runs before every denoising step; if it (or anything else) raises, the engine is left
+        exactly as it was before the call (a running stream included). Returns the final x0 latents
+        ``[sinks, 4, h, w]``.
         """
         n = self.sinks
         z = self._check_latents(latents, n, "warm-up latents")
         d = None if depth_latents is None else self._check_latents(depth_latents, n, "warm-up depth latents")
         if noise is not None and tuple(noise.shape) != (self.num_steps, n, 4, self.height, self.width):
             raise ValueError(f"warm-up noise must be [{self.num_steps}, {n}, 4, h, w], got {tuple(noise.shape)}")
+        state = self._state()
+        # a cache without warm rows holds nothing that is ever read: resetting it again restores it
+        cache = self.cache.clone() if self.cache.calls or any(self.cache.warm) else None
         self.reset()
-        self._uses_depth = d is not None
-        to_clip = lambda a: a.transpose(0, 1)[None]  # [F,4,h,w] -> [1,4,F,h,w]
-        eps_noise = lambda i: (noise[i].to(self.device, self.dtype) if noise is not None
-                               else self.noise((n, 4, self.height, self.width)))
-        x_t = self.coef.add_noise(to_clip(z), to_clip(eps_noise(0)), 0)
-        depth = None if d is None else to_clip(d)
-        x0 = x_t
-        for i in range(self.num_steps):
-            eps = self.unet.warmup(x_t, self.coef.timesteps[i:i + 1], self.text, depth, self.cache, row=i)
-            x0 = self.coef.denoise(x_t, eps, i)
-            if i + 1 < self.num_steps:
-                x_t = self.coef.add_noise(x0, to_clip(eps_noise(i + 1)), i + 1)
+        try:
+            self._uses_depth = d is not None
+            to_clip = lambda a: a.transpose(0, 1)[None]  # [F,4,h,w] -> [1,4,F,h,w]
+            eps_noise = lambda i: (noise[i].to(self.device, self.dtype) if noise is not None
+                                   else self.noise((n, 4, self.height, self.width)))
+            x_t = self.coef.add_noise(to_clip(z), to_clip(eps_noise(0)), 0)
+            depth = None if d is None else to_clip(d)
+            x0 = x_t
+            for i in range(self.num_steps):
+                if check_interrupt is not None:
+                    check_interrupt()
+                eps = self.unet.warmup(x_t, self.coef.timesteps[i:i + 1], self.text, depth, self.cache, row=i)
+                x0 = self.coef.denoise(x_t, eps, i)
+                if i + 1 < self.num_steps:
+                    x_t = self.coef.add_noise(x0, to_clip(eps_noise(i + 1)), i + 1)
+            self.watch.watch(x0[0].transpose(0, 1), "Live2Diff warm-up output", OUTPUT_HINT)
+        except BaseException:
+            if cache is None:
+                self.cache.reset()
+            else:
+                self.cache.load(cache)
+            self._restore(state)
+            raise
         return x0[0].transpose(0, 1)
 
     # ------------------------------------------------------------------ streaming
@@ -158,7 +192,9 @@ class StreamEngine:
              ) -> Tensor | None:
         """Feed one clean frame latent ``[1,4,h,w]``; returns the x0 of the frame that entered ``T-1`` calls ago
         (``[1,4,h,w]``), or ``None`` while the pipeline is filling. ``noise``: optional ``[T,4,h,w]`` (row 0 noises
-        the new frame, rows ``1..`` re-noise the in-flight frames)."""
+        the new frame, rows ``1..`` re-noise the in-flight frames). NaN/Inf flags of earlier calls whose work has
+        finished are read first (on a GPU the output of a call is checked one call late)."""
+        self.watch.poll()
         if not self.cache.is_warm:
             raise RuntimeError("run warmup() with the first warm-up frames before streaming")
         if self._finished:
@@ -174,19 +210,24 @@ class StreamEngine:
         return self._call(x_new, None if d is None else d[:, :, None], noise, head_active=True)
 
     @torch.no_grad()
-    def flush(self, noise: Sequence[Tensor] | None = None) -> list[Tensor]:
+    def flush(self, noise: Sequence[Tensor] | None = None, *,
+              check_interrupt: Callable[[], None] | None = None) -> list[Tensor]:
         """Drain the frames still in the pipeline (``T-1`` of them once it is full); returns their x0 latents in
         order. ``noise``: optional ``[T,4,h,w]`` tensors, one per drain call (rows ``1..`` are used). The stream is
-        finished afterwards."""
+        finished afterwards. ``check_interrupt()`` runs before every drain call (wrap the call in
+        :meth:`transaction` to undo a partial drain)."""
         out: list[Tensor] = []
         junk = torch.zeros(1, 4, 1, self.height, self.width, dtype=self.dtype, device=self.device)
         supplied = list(noise) if noise is not None else None
         while self.pending:
+            if check_interrupt is not None:
+                check_interrupt()
             n = self._check_noise(supplied.pop(0) if supplied else None)
             res = self._call(junk, junk if self._uses_depth else None, n, head_active=False)
             if res is not None:
                 out.append(res)
         self._finished = True
+        self.watch.check()
         return out
 
     def _check_noise(self, noise: Tensor | None) -> Tensor:
@@ -213,5 +254,8 @@ class StreamEngine:
             if depth is not None:
                 self._d_buf = depth[:-1]
         if self.cache.occupied[-1]:  # the last row held a real frame: it is finished
-            return x0[-1:, :, 0]
+            out = x0[-1:, :, 0]
+            index = self.sinks + self.cache.calls - t  # warm-up frames are 0..sinks-1
+            self.watch.watch(out, f"Live2Diff output frame {index}", OUTPUT_HINT)
+            return out
         return None

@@ -137,6 +137,14 @@ class KVCache:
         """Deep copy (tensors and counters)."""
         return self._with_layers([t.clone() for t in self.layers])
 
+    def load(self, other: "KVCache") -> None:
+        """Make this cache an exact copy of ``other`` (same geometry) in place: the tensors keep their storage, so
+        runners and captured graphs bound to this cache stay valid."""
+        for dst, src in zip(self.layers, other.layers):
+            dst.copy_(src)
+        self.warm, self.filled, self.occupied, self.calls = (list(other.warm), list(other.filled),
+                                                             list(other.occupied), other.calls)
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "KVCache":
         """Return a cache on another device/dtype (same counters); ``self`` is left untouched."""
         return self._with_layers([t.to(device=device, dtype=dtype) for t in self.layers])

@@ -406,14 +406,16 @@ def merge_lora(
     strength: float = 1.0,
     *,
     mode: str = "standard",
+    source: str = "LoRA",
 ) -> LoraMergeReport:
     """Merge ``lora`` into the weights of ``unet`` / ``text_encoder`` in place and report what happened.
 
     ``mode="standard"`` scales by ``alpha / rank`` (kohya/diffusers/PEFT); ``mode="official"`` ignores alpha like
     the official Live2Diff style-LoRA merge (see the module docstring). Keys for a target passed as ``None`` are
     skipped (``report.skipped``). Raises ``ValueError`` if nothing matches either model (wrong model family or not
-    a LoRA), if a matched module's shape does not fit the LoRA, or for an unknown ``mode``; weights are only
-    modified after every check passed. Callers wanting to undo a merge keep a copy of the weights.
+    a LoRA), if a matched module's shape does not fit the LoRA, if a tensor it would apply holds NaN/Inf (the
+    message starts with ``source``, e.g. the file name), or for an unknown ``mode``; weights are only modified after
+    every check passed. Callers wanting to undo a merge keep a copy of the weights.
     """
     if mode not in _MODES:
         raise ValueError(f"unknown LoRA merge mode {mode!r}; expected one of {_MODES}")
@@ -474,6 +476,10 @@ def merge_lora(
             f"no LoRA key matched the model (wrong model family or not a LoRA?); {len(report.unresolved)} "
             f"unresolved keys, e.g. {sample}"
         )
+    nonfinite = [k for _, _, group, _, _ in plan for k in group.keys if not torch.isfinite(lora[k]).all()]
+    if nonfinite:
+        raise ValueError(f"{source}: NaN/Inf values in {len(nonfinite)} tensor(s) (e.g. {nonfinite[0]}); the file is "
+                         "damaged or comes from a diverged training: re-download it or pick another LoRA")
     if ldm_used:
         formats.add("kohya-ldm")
     report.formats = sorted(formats)

@@ -12,7 +12,9 @@ streaming), optionally inverted, and VAE-encoded like a frame.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -22,9 +24,11 @@ from torch import Tensor
 from .acceleration import ACCELERATIONS, CapturedCall
 from .depth import DepthEstimator, depth_to_condition, load_depth_estimator
 from .engine import StreamEngine
+from .finite import check_finite
 from .frame_filter import SimilarFrameFilter
 from .loader import load_unet
 from .lora import load_lora_file, merge_lora
+from .scheduler import make_lcm_scheduler, select_timesteps
 from .sd_checkpoint import load_sd_vae, load_text_encoder
 from .text_encoder import encode_prompt
 from .vae import Vae, load_taesd
@@ -32,6 +36,7 @@ from .video_unet import VideoUNet
 
 PathLike = str | os.PathLike
 ProgressCallback = Callable[[int, int], None]
+InterruptCheck = Callable[[], None]  # runs before every denoising step (UNet call); raise from it to cancel
 
 
 def _ready(x: Tensor | None) -> Tensor | None:
@@ -77,6 +82,24 @@ class StreamSettings:
             raise ValueError("prompt must be a string")
         if self.strength is not None:
             self.t_index_list = None
+        self.timesteps()
+
+    @staticmethod
+    def parse_t_index_list(text: str) -> tuple[int, ...]:
+        """``t_index_list`` from text: integers separated by commas and/or spaces (``"30,40"``, ``"30 40"``)."""
+        try:
+            values = tuple(int(v) for v in re.split(r"[\s,]+", text) if v)
+        except ValueError:
+            raise ValueError(f"t_index_list must be comma-separated (or space-separated) integers like 30,40, got "
+                             f"{text!r}") from None
+        if not values:
+            raise ValueError("t_index_list is empty: give e.g. 30,40 (two denoising steps)")
+        return values
+
+    def timesteps(self) -> list[int]:
+        """The denoising timesteps these settings select, largest first (one KV-cache row each); a clear error for
+        a selection the LCM schedule does not have."""
+        return select_timesteps(make_lcm_scheduler(), self.num_inference_steps, self.t_index_list, self.strength)
 
 
 @dataclass
@@ -135,9 +158,11 @@ class Live2DiffPipeline:
             autoencoder = load_sd_vae(vae if vae is not None else base, dtype=dtype, device=device)
         estimator = load_depth_estimator(depth, dtype=dtype, device=device) if depth is not None else None
         if lcm_lora is not None:
-            merge_lora(unet, text_encoder, load_lora_file(lcm_lora), 1.0, mode="standard")
+            merge_lora(unet, text_encoder, load_lora_file(lcm_lora), 1.0, mode="standard",
+                       source=f"LoRA {Path(lcm_lora).name}")
         for path, strength in loras:
-            merge_lora(unet, text_encoder, load_lora_file(path), float(strength), mode=lora_mode)
+            merge_lora(unet, text_encoder, load_lora_file(path), float(strength), mode=lora_mode,
+                       source=f"LoRA {Path(path).name}")
         return cls(unet, Vae(autoencoder), tokenizer, text_encoder, estimator)
 
     @property
@@ -160,9 +185,7 @@ class Live2DiffPipeline:
             raise ValueError(f"{what} must be [N, H, W, 3] (RGB), got shape {tuple(frames.shape)}")
         if frames.shape[0] == 0:
             raise ValueError(f"{what} is empty")
-        if not torch.isfinite(frames).all():
-            raise ValueError(f"{what} contain NaN or infinite values")
-        return frames
+        return check_finite(frames, what)
 
     @staticmethod
     def _resize_crop(x: Tensor, height: int, width: int) -> Tensor:
@@ -243,8 +266,7 @@ class Live2DiffPipeline:
             if d.dim() != 3 or d.shape[0] != images.shape[0]:
                 raise ValueError(f"depth maps must be [N, H, W(, C)] with N={images.shape[0]} matching the frames, "
                                  f"got shape {tuple(depth_maps.shape)}")
-            if not torch.isfinite(d).all():
-                raise ValueError("depth maps contain NaN or infinite values")
+            check_finite(d, "depth maps")
             raw = self._resize_crop(d[:, None].to(self.device, torch.float32), s.height, s.width)[:, 0]
         elif self.depth_estimator is not None:
             x = images.to(self.depth_estimator.device, self.depth_estimator.dtype)
@@ -289,6 +311,7 @@ class Live2DiffPipeline:
             text = prompt_embeds.to(self.device)
         else:
             text = self.encode_prompt(s.prompt, s.clip_layer)
+        check_finite(text, "prompt conditioning")
         engine = StreamEngine(self.unet, text.to(self.dtype), s.height // 8, s.width // 8,
                               t_index_list=s.t_index_list, strength=s.strength,
                               num_inference_steps=s.num_inference_steps, window=s.window, sinks=s.sinks,
@@ -297,14 +320,22 @@ class Live2DiffPipeline:
         self._stream = _Stream(engine, s, filt)
         return s
 
+    def kv_cache_bytes(self, settings: StreamSettings | None = None, **overrides: Any) -> int:
+        """Bytes of the KV cache :meth:`start` allocates for these settings (to check that it fits first)."""
+        s = StreamSettings(**{**(settings.__dict__ if settings else {}), **overrides})
+        s.validate()
+        return self.unet.cache_bytes(len(s.timesteps()), s.height // 8, s.width // 8, window=s.window)
+
     def _require(self) -> _Stream:
         if self._stream is None:
             raise RuntimeError("call start(...) (or pass settings to warmup) before streaming")
         return self._stream
 
     @torch.no_grad()
-    def warmup(self, frames: Tensor, depth_maps: Tensor | None = None) -> Tensor:
-        """Warm up on the first ``sinks`` (8) frames; returns their stylised versions ``[8, H, W, 3]``."""
+    def warmup(self, frames: Tensor, depth_maps: Tensor | None = None, *,
+               check_interrupt: InterruptCheck | None = None) -> Tensor:
+        """Warm up on the first ``sinks`` (8) frames; returns their stylised versions ``[8, H, W, 3]``. If
+        ``check_interrupt`` (run before every denoising step) raises, the stream is left as it was."""
         st = self._require()
         frames = self.check_frames(frames, "warm-up frames")
         n = st.engine.sinks
@@ -313,19 +344,23 @@ class Live2DiffPipeline:
         images = self._to_working(frames, st.settings)
         cond = self._depth_condition(images, depth_maps, st.settings)
         latents, depth = self._encode(images, cond, st.engine.generator, "none")
-        x0 = st.engine.warmup(latents, depth)
+        x0 = st.engine.warmup(latents, depth, check_interrupt=check_interrupt)
         if st.frame_filter is not None:
             st.frame_filter.reset()
         st.input_sizes = []
         out = self._to_image(self.vae.decode(x0), tuple(frames.shape[1:3]))
+        st.engine.watch.check()  # the output is on the host: its NaN/Inf flags are ready
         st.last_output = out[-1:]
         return out
 
     @torch.no_grad()
     def step(self, frame: Tensor, depth_map: Tensor | None = None) -> Tensor | None:
         """Stream one frame ``[1, H, W, 3]``; returns an output frame ``[1, H, W, 3]`` (the one that entered
-        ``T-1`` calls ago) or ``None`` while the pipeline fills."""
-        return _ready(self._step(frame, depth_map, wait=True))
+        ``T-1`` calls ago) or ``None`` while the pipeline fills. Raises if this call's input or output holds
+        NaN/Inf."""
+        out = _ready(self._step(frame, depth_map, wait=True))
+        self._require().engine.watch.check()  # the output is on the host: its NaN/Inf flags are ready
+        return out
 
     def _step(self, frame: Tensor, depth_map: Tensor | None, wait: bool) -> Tensor | None:
         st = self._require()
@@ -349,10 +384,11 @@ class Live2DiffPipeline:
         return out
 
     @torch.no_grad()
-    def flush(self) -> Tensor:
+    def flush(self, *, check_interrupt: InterruptCheck | None = None) -> Tensor:
         """Drain the frames still in flight; returns ``[k, H, W, 3]`` (k may be 0)."""
         st = self._require()
-        outs = [self._to_image(self.vae.decode(x0), st.input_sizes.pop(0)) for x0 in st.engine.flush()]
+        outs = [self._to_image(self.vae.decode(x0), st.input_sizes.pop(0))
+                for x0 in st.engine.flush(check_interrupt=check_interrupt)]
         if not outs:
             return torch.zeros(0, 1, 1, 3)
         return torch.cat(outs)
@@ -361,13 +397,14 @@ class Live2DiffPipeline:
     @torch.no_grad()
     def __call__(self, frames: Tensor, prompt: str | None = None, *, depth_maps: Tensor | None = None,
                  callback: ProgressCallback | None = None, prompt_embeds: Tensor | None = None,
-                 **settings: Any) -> Tensor:
+                 check_interrupt: InterruptCheck | None = None, **settings: Any) -> Tensor:
         """Translate a whole clip: ``N >= 8`` frames ``[N, H, W, 3]`` in, ``N`` frames out (same size).
 
         ``callback(done, total)`` is called after the warm-up and after every frame; raising from it cancels.
+        ``check_interrupt()`` runs before every denoising step (warm-up steps included); raising from it cancels.
         The similar-frame filter is a live-stream feature and is not used here.
         """
-        frames = self.check_frames(frames)
+        frames = self.check_frames(frames, "input frames")
         settings["similar_filter"] = False
         if prompt is not None:
             settings["prompt"] = prompt
@@ -377,30 +414,38 @@ class Live2DiffPipeline:
             raise ValueError(f"need at least {s.sinks} frames for the warm-up, got {n}")
         if depth_maps is not None and depth_maps.shape[0] != n:
             raise ValueError(f"got {depth_maps.shape[0]} depth maps for {n} frames")
-        outs = [self.warmup(frames[:s.sinks], None if depth_maps is None else depth_maps[:s.sinks])]
+        if depth_maps is not None:
+            check_finite(depth_maps, "depth maps")
+        outs = [self.warmup(frames[:s.sinks], None if depth_maps is None else depth_maps[:s.sinks],
+                            check_interrupt=check_interrupt)]
         if callback:
             callback(s.sinks, n)
         for i in range(s.sinks, n):
+            if check_interrupt is not None:
+                check_interrupt()
             out = self._step(frames[i:i + 1], None if depth_maps is None else depth_maps[i:i + 1], wait=False)
             if len(outs) > 1:
                 _ready(outs[-1])  # at most one frame in flight: the host prepares frame i while i-1 computes
+                self._stream.engine.watch.poll()  # NaN/Inf flags up to frame i-1: read one frame late
             if out is not None:
                 outs.append(out)
             if callback:
                 callback(i + 1, n)
         for out in outs:
             _ready(out)
-        tail = self.flush()
+        tail = self.flush(check_interrupt=check_interrupt)
         if tail.shape[0]:
             outs.append(tail)
         result = torch.cat(outs)
         assert result.shape[0] == n, (result.shape, n)
         return result
 
-    def stream(self, frames: Iterable[Tensor], prompt: str | None = None, **settings: Any) -> Iterator[Tensor]:
+    def stream(self, frames: Iterable[Tensor], prompt: str | None = None, *,
+               check_interrupt: InterruptCheck | None = None, **settings: Any) -> Iterator[Tensor]:
         """Generator API for live use: feed frames ``[H, W, 3]`` or ``[1, H, W, 3]`` one by one; yields output
         frames ``[H, W, 3]`` as they become available (the 8 warm-up outputs once 8 frames arrived, then one per
-        frame with a ``T-1`` frame delay, and the rest when the input ends)."""
+        frame with a ``T-1`` frame delay, and the rest when the input ends). ``check_interrupt()`` runs before
+        every denoising step; raising from it stops the stream."""
         if prompt is not None:
             settings["prompt"] = prompt
         s = self.start(**settings)
@@ -410,9 +455,11 @@ class Live2DiffPipeline:
             if not self.is_streaming:
                 buffer.append(frame)
                 if len(buffer) == s.sinks:
-                    yield from self.warmup(torch.cat(buffer))
+                    yield from self.warmup(torch.cat(buffer), check_interrupt=check_interrupt)
                     buffer = []
                 continue
+            if check_interrupt is not None:
+                check_interrupt()
             out = self.step(frame)  # yielded at once: a live stream wants the lowest latency
             if out is not None:
                 yield out[0]
@@ -420,4 +467,4 @@ class Live2DiffPipeline:
             raise ValueError(f"the stream ended after {len(buffer)} frames, fewer than the {s.sinks} the warm-up "
                              "needs")
         if self.is_streaming:
-            yield from self.flush()
+            yield from self.flush(check_interrupt=check_interrupt)

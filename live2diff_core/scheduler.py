@@ -15,6 +15,9 @@ from diffusers import LCMScheduler
 from torch import Tensor
 
 SCHEDULER_CONFIG = Path(__file__).parent / "configs" / "sd15" / "scheduler" / "scheduler_config.json"
+#: Longest LCM schedule of the shipped config: LCM picks its timesteps from the ``original_inference_steps``
+#: (50) steps it was distilled on, so more steps than that do not exist.
+MAX_INFERENCE_STEPS: int = json.loads(SCHEDULER_CONFIG.read_text())["original_inference_steps"]
 
 
 def make_lcm_scheduler(config: dict | None = None) -> LCMScheduler:
@@ -38,8 +41,10 @@ def select_timesteps(
     """
     if (t_index_list is None) == (strength is None):
         raise ValueError("give exactly one of t_index_list and strength")
-    if num_inference_steps < 1:
-        raise ValueError("num_inference_steps must be at least 1")
+    limit = scheduler.config.original_inference_steps
+    if not 1 <= num_inference_steps <= limit:
+        raise ValueError(f"steps (num_inference_steps) must be in 1..{limit}: the LCM schedule picks its timesteps "
+                         f"from the {limit} steps it was distilled on; got {num_inference_steps}")
     scheduler.set_timesteps(num_inference_steps)
     timesteps = [int(t) for t in scheduler.timesteps]
     if strength is not None:

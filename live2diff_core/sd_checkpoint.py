@@ -52,6 +52,7 @@ __all__ = [
     "load_sd_vae",
     "load_config",
     "read_tensors",
+    "shard_files",
 ]
 
 PathLike = str | os.PathLike
@@ -76,6 +77,20 @@ _MAX_LISTED = 10
 
 
 # ----------------------------------------------------------------------------------------------------------- files
+def shard_files(index: Path) -> list[Path]:
+    """The shards a ``*.index.json`` lists (its ``weight_map`` values): file names beside the index. A corrupt index,
+    or one that names a file elsewhere, is refused with the index file named."""
+    try:
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except Exception as err:
+        raise ValueError(f"{index}: cannot read the shard index (truncated or corrupt?): {err}") from err
+    for shard in shards:
+        if not isinstance(shard, str) or shard in ("", ".", "..") or "/" in shard or "\\" in shard:
+            raise ValueError(f"{index}: shard {shard!r} is not a file name beside the index; a shard index may only "
+                             "list files in its own folder (re-download or re-save the model)")
+    return [index.parent / shard for shard in shards]
+
+
 def _find_weights(folder: Path, names: tuple[str, ...]) -> list[Path] | None:
     """The weight file(s) of a diffusers/transformers component folder: a single file or the shards of an index."""
     for name in names:
@@ -83,8 +98,7 @@ def _find_weights(folder: Path, names: tuple[str, ...]) -> list[Path] | None:
             return [folder / name]
         index = folder / f"{name}.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            return [folder / shard for shard in sorted(set(weight_map.values()))]
+            return shard_files(index)
     return None
 
 

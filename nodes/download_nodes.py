@@ -10,6 +10,7 @@ from comfy_api.latest import io, ui
 import comfy.utils
 
 from . import downloads
+from .validation import ValidatedNode
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ def _folder_root(folder: str) -> Path:
     return Path(folder_paths.get_folder_paths(folder)[0])
 
 
-class DownloadWeights(io.ComfyNode):
+class DownloadWeights(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

@@ -15,7 +15,12 @@ import comfy.utils
 
 from ..live2diff_core import Live2DiffPipeline
 from ..live2diff_core.acceleration import ACCELERATIONS
+from ..live2diff_core.finite import check_finite
+from ..live2diff_core.live_session import LiveSession
+from ..live2diff_core.pipeline import StreamSettings
+from ..live2diff_core.scheduler import MAX_INFERENCE_STEPS
 from . import model_cache, paths, sessions
+from .validation import ValidatedNode, require_fits
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +159,13 @@ def _motion_options() -> list[str]:
 def _stream_inputs() -> list:
     return [
         io.String.Input("t_index_list", default="30,40",
-                        tooltip="Denoising steps: indices into the LCM schedule of `steps` timesteps (one batch "
-                                "row each). Ignored when strength > 0."),
+                        tooltip="Denoising steps, e.g. 30,40 or 30 40: indices into the LCM schedule of `steps` "
+                                "timesteps (one batch row each). Ignored when strength > 0."),
         io.Float.Input("strength", default=0.0, min=0.0, max=1.0, step=0.01,
                        tooltip="Use the last strength*steps timesteps instead of t_index_list (0 = off)."),
-        io.Int.Input("steps", default=50, min=1, max=1000, tooltip="LCM schedule length t_index_list refers to"),
+        io.Int.Input("steps", default=50, min=1, max=MAX_INFERENCE_STEPS,
+                     tooltip=f"LCM schedule length t_index_list refers to (at most {MAX_INFERENCE_STEPS}: "
+                             "the steps LCM was distilled on)"),
         io.Int.Input("width", default=512, min=64, max=2048, step=64),
         io.Int.Input("height", default=512, min=64, max=2048, step=64),
         io.Int.Input("seed", default=2, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
@@ -168,53 +175,46 @@ def _stream_inputs() -> list:
     ]
 
 
-def _parse_t_index(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v != "")
-    except ValueError:
-        raise ValueError(f"t_index_list must be comma-separated integers like 30,40, got {text!r}") from None
-    if not values:
-        raise ValueError("t_index_list is empty: give e.g. 30,40 (two denoising steps)")
-    return values
-
-
-def _validate_stream(width: int, height: int, t_index_list: str, strength: float, steps: int) -> bool | str:
-    for name, v in (("width", width), ("height", height)):
-        if v < 64 or v % 64:
-            return f"{name} must be a multiple of 64 (got {v}); try {max(64, v // 64 * 64)}"
-    if not 0.0 <= strength <= 1.0:
-        return f"strength must be in [0, 1], got {strength}"
-    if steps < 1:
-        return "steps must be at least 1"
-    if strength == 0.0:
-        try:
-            values = _parse_t_index(t_index_list)
-        except ValueError as exc:
-            return str(exc)
-        if any(not 0 <= v < steps for v in values):
-            return f"t_index_list entries must be in 0..{steps - 1}, got {list(values)}"
-    return True
+def _stream_args(t_index_list: str, strength: float, steps: int, width: int, height: int) -> dict:
+    """The core's stream settings for the node's widgets (strength 0 = use t_index_list)."""
+    return dict(t_index_list=None if strength > 0 else StreamSettings.parse_t_index_list(t_index_list),
+                strength=strength if strength > 0 else None, num_inference_steps=steps, width=width, height=height)
 
 
 def _settings(model: Live2DiffModel, t_index_list: str, strength: float, steps: int, width: int, height: int,
               seed: int, use_depth: bool, invert_depth: bool) -> dict:
-    return dict(t_index_list=None if strength > 0 else _parse_t_index(t_index_list),
-                strength=strength if strength > 0 else None, num_inference_steps=steps, width=width, height=height,
-                seed=seed, use_depth=use_depth, invert_depth=invert_depth, window=model.window, sinks=model.sinks,
-                acceleration=model.acceleration)
+    return dict(_stream_args(t_index_list, strength, steps, width, height), seed=seed, use_depth=use_depth,
+                invert_depth=invert_depth, window=model.window, sinks=model.sinks, acceleration=model.acceleration)
 
 
-def _pipeline_for(model: Live2DiffModel, settings: dict) -> Live2DiffPipeline:
-    """The model's pipeline on the compute device, with room reserved for the KV cache of these settings."""
-    pipe = model.pipeline()
-    rows = len(settings["t_index_list"]) if settings["t_index_list"] else max(
-        1, int(settings["num_inference_steps"] * settings["strength"]))
-    kv = pipe.unet.cache_bytes(rows, settings["height"] // 8, settings["width"] // 8, window=settings["window"])
-    return model.pipeline(memory_required=kv)
+def _pipeline_for(model: Live2DiffModel, settings: dict, new_cache: bool = True) -> Live2DiffPipeline:
+    """The model's pipeline on the compute device, with room reserved for the KV cache of these settings; a new
+    cache that cannot fit in the free memory is refused before it is allocated."""
+    kv = model.pipeline().kv_cache_bytes(**settings)
+    pipe = model.pipeline(memory_required=kv)
+    if new_cache:
+        require_fits(kv, mm.get_free_memory(pipe.device), "the KV cache", f"on {pipe.device}",
+                     "lower width/height, use fewer t_index_list entries (or a lower strength), or a smaller window "
+                     "(Live2Diff Causal Temporal Attention)")
+    return pipe
+
+
+class _StreamNode(ValidatedNode):
+    """Checks the stream settings with the core's own rules (StreamSettings) before the node runs."""
+
+    @classmethod
+    def check_inputs(cls, t_index_list=None, strength=None, steps=None, width=None, height=None, **_) -> str | None:
+        if None in (t_index_list, strength, steps, width, height):
+            return None  # a linked value is checked when the node runs
+        try:
+            StreamSettings(**_stream_args(t_index_list, strength, steps, width, height)).validate()
+        except ValueError as exc:
+            return str(exc)
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- nodes
-class L2DLoadModel(io.ComfyNode):
+class L2DLoadModel(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -246,12 +246,6 @@ class L2DLoadModel(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, acceleration="none") -> bool | str:
-        if acceleration not in ACCELERATIONS:
-            return f"acceleration must be one of {', '.join(ACCELERATIONS)}, got {acceleration!r}"
-        return True
-
-    @classmethod
     def execute(cls, base, motion, vae, depth_model, lcm_lora, dtype, acceleration="none") -> io.NodeOutput:
         taesd, kl_vae = _resolve_vae(vae)
         handle = Live2DiffModel(
@@ -263,7 +257,7 @@ class L2DLoadModel(io.ComfyNode):
         return io.NodeOutput(handle)
 
 
-class L2DApplyLoRA(io.ComfyNode):
+class L2DApplyLoRA(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -287,7 +281,7 @@ class L2DApplyLoRA(io.ComfyNode):
         return io.NodeOutput(handle)
 
 
-class L2DCausalAttention(io.ComfyNode):
+class L2DCausalAttention(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -302,19 +296,17 @@ class L2DCausalAttention(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, sinks, window) -> bool | str:
-        if not 1 <= sinks <= 23 or not 2 <= window <= 24:
-            return "sinks must be in 1..23 and window in 2..24"
-        if window <= sinks:
+    def check_inputs(cls, sinks=None, window=None, **_) -> str | None:
+        if sinks is not None and window is not None and window <= sinks:
             return f"window ({window}) must be larger than sinks ({sinks}): it holds the sinks plus recent frames"
-        return True
+        return None
 
     @classmethod
     def execute(cls, model, sinks, window) -> io.NodeOutput:
         return io.NodeOutput(dataclasses.replace(model, sinks=sinks, window=window))
 
 
-class L2DEncodePrompt(io.ComfyNode):
+class L2DEncodePrompt(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -333,6 +325,14 @@ class L2DEncodePrompt(io.ComfyNode):
         return io.NodeOutput(pipe.encode_prompt(text, clip_layer).to(mm.intermediate_device()))
 
 
+def _check_inputs(images: torch.Tensor, conditioning: torch.Tensor, depth: torch.Tensor | None) -> None:
+    """NaN/Inf in a connected input fails before any work (a stream session never stores it), naming the input."""
+    check_finite(images, "images input")
+    check_finite(conditioning, "conditioning input")
+    if depth is not None:
+        check_finite(depth, "depth input")
+
+
 def _depth_for(depth, frames: torch.Tensor) -> torch.Tensor | None:
     if depth is None:
         return None
@@ -342,7 +342,7 @@ def _depth_for(depth, frames: torch.Tensor) -> torch.Tensor | None:
     return depth
 
 
-class L2DVideoToVideo(io.ComfyNode):
+class L2DVideoToVideo(_StreamNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -355,23 +355,21 @@ class L2DVideoToVideo(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, width, height, t_index_list, strength, steps) -> bool | str:
-        return _validate_stream(width, height, t_index_list, strength, steps)
-
-    @classmethod
     def execute(cls, model, images, conditioning, t_index_list, strength, steps, width, height, seed, use_depth,
                 invert_depth, depth=None) -> io.NodeOutput:
+        _check_inputs(images, conditioning, depth)
         settings = _settings(model, t_index_list, strength, steps, width, height, seed, use_depth, invert_depth)
         if images.shape[0] < model.sinks:
             raise ValueError(f"Live2Diff needs at least {model.sinks} frames (the warm-up), got {images.shape[0]}")
         pipe = _pipeline_for(model, settings)
         pbar = comfy.utils.ProgressBar(images.shape[0])
         out = pipe(images, prompt_embeds=conditioning, depth_maps=_depth_for(depth, images),
-                   callback=lambda done, total: pbar.update_absolute(done, total), **settings)
+                   callback=lambda done, total: pbar.update_absolute(done, total),
+                   check_interrupt=mm.throw_exception_if_processing_interrupted, **settings)
         return io.NodeOutput(out.to(mm.intermediate_device()))
 
 
-class L2DStreamStep(io.ComfyNode):
+class L2DStreamStep(_StreamNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -391,76 +389,25 @@ class L2DStreamStep(io.ComfyNode):
         return float("nan")  # a stream step always runs
 
     @classmethod
-    def validate_inputs(cls, width, height, t_index_list, strength, steps) -> bool | str:
-        return _validate_stream(width, height, t_index_list, strength, steps)
-
-    @classmethod
     def execute(cls, model, images, conditioning, session_id, t_index_list, strength, steps, width, height, seed,
                 use_depth, invert_depth, depth=None) -> io.NodeOutput:
+        _check_inputs(images, conditioning, depth)
         settings = _settings(model, t_index_list, strength, steps, width, height, seed, use_depth, invert_depth)
         depth = _depth_for(depth, images)
         # the seed only matters for the warm-up: a new one (the UI's "randomize") must not reset a live stream
         key = (model.identity(), tuple(sorted((k, v) for k, v in settings.items() if k != "seed")))
-        session = sessions.get(session_id, key)
-        pipe = _pipeline_for(model, settings)
+        session = sessions.acquire(session_id, key, lambda: LiveSession(StreamSettings(**settings), conditioning),
+                                   model.pipeline().kv_cache_bytes(**settings))
+        pipe = _pipeline_for(model, settings, new_cache=not session.is_warm)
         pbar = comfy.utils.ProgressBar(images.shape[0])
-        # work on copies; store back only when the whole run succeeded
-        warm_frames = list(session.warm_frames)
-        warm_depth = list(session.warm_depth)
-        state, last = session.state, session.last_output
-        previous_text = None if state is None else state.engine.text
-        if state is not None:
-            # sessions never keep a model alive (ComfyUI may have unloaded and reloaded it): bind the current one
-            state.engine.unet = pipe.unet
-            # a new prompt applies from the next frame on; the KV cache is kept
-            state.engine.text = conditioning.to(state.engine.device, state.engine.dtype)
-        outputs: list[torch.Tensor] = []
-        engine_txn = None
-        try:
-            for i in range(images.shape[0]):
-                frame = images[i:i + 1]
-                d = None if depth is None else depth[i:i + 1]
-                if state is None:
-                    warm_frames.append(frame)
-                    if d is not None:
-                        warm_depth.append(d)
-                    if len(warm_frames) < model.sinks:
-                        outputs.append(frame)
-                    else:
-                        pipe.start(prompt_embeds=conditioning, **settings)
-                        warm = pipe.warmup(torch.cat(warm_frames), torch.cat(warm_depth) if warm_depth else None)
-                        state, warm_frames, warm_depth = pipe.stream_state, [], []
-                        last = warm[-1:]
-                        outputs.append(last)
-                else:
-                    if engine_txn is None:
-                        engine_txn = state.engine.transaction()
-                        engine_txn.__enter__()
-                    pipe.stream_state = state
-                    out = pipe.step(frame, d)
-                    last = out if out is not None else last
-                    outputs.append(last)
-                pbar.update(1)
-        except BaseException as exc:
-            if engine_txn is not None:
-                engine_txn.__exit__(type(exc), exc, exc.__traceback__)
-            if session.state is not None:
-                session.state.engine.text = previous_text
-                session.state.engine.unet = None
-            pipe.stream_state = None
-            raise
-        if engine_txn is not None:
-            engine_txn.__exit__(None, None, None)
-        if state is not None:
-            state.engine.unet = None
-        pipe.stream_state = None
-        session.state, session.warm_frames, session.warm_depth, session.last_output = state, warm_frames, \
-            warm_depth, last
-        session.frames_seen += images.shape[0]
-        return io.NodeOutput(torch.cat(outputs).to(mm.intermediate_device()))
+        # atomic: the session changes only if every frame went through (interrupts and errors included)
+        out = session.feed(pipe, images, depth, prompt_embeds=conditioning,
+                           check_interrupt=mm.throw_exception_if_processing_interrupted,
+                           progress=lambda done, total: pbar.update_absolute(done, total))
+        return io.NodeOutput(out.to(mm.intermediate_device()))
 
 
-class L2DResetSession(io.ComfyNode):
+class L2DResetSession(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -481,7 +428,7 @@ class L2DResetSession(io.ComfyNode):
         return io.NodeOutput()
 
 
-class L2DEstimateDepth(io.ComfyNode):
+class L2DEstimateDepth(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -496,6 +443,7 @@ class L2DEstimateDepth(io.ComfyNode):
     def execute(cls, model, images, invert) -> io.NodeOutput:
         from ..live2diff_core.depth import depth_to_condition
 
+        check_finite(images, "images input")
         pipe = model.pipeline()
         if pipe.depth_estimator is None:
             raise ValueError("this model was loaded without a depth model: pick dpt_hybrid_384.pt (models/live2diff) "

@@ -17,7 +17,9 @@ import comfy.model_management as mm
 import comfy.utils
 
 from ..streaming_t2v_core import metrics
+from ..streaming_t2v_core.finite import check_finite
 from . import model_cache, paths
+from .validation import ValidatedNode
 from .video_store import DEFAULT_FPS, DiskVideo, ST2VVideo
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ def _source(frames) -> tuple[Callable[[int, int], torch.Tensor], int, int, int, 
         return frames.read, frames.count, frames.height, frames.width, frames.fps
     if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] not in (3, 4):
         raise ValueError("frames must be an IMAGE batch [frames, height, width, 3] or an ST2V_VIDEO")
-    images = frames[..., :3].float()
+    images = check_finite(frames[..., :3].float(), "frames")
     return (lambda a, b: images[a:b]), images.shape[0], images.shape[1], images.shape[2], DEFAULT_FPS
 
 
@@ -80,7 +82,7 @@ def _flow_backend(choice: str) -> metrics.FlowBackend:
     return metrics.get_flow_backend(choice)
 
 
-class SVDMAWE(io.ComfyNode):
+class SVDMAWE(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -101,10 +103,10 @@ class SVDMAWE(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, resize) -> bool | str:
-        if resize is not None and resize != 0 and not 8 <= resize <= 4096:
-            return f"resize must be 0 (keep the size) or 8..4096, got {resize}"
-        return True
+    def check_inputs(cls, resize=None, **_) -> str | None:
+        if resize is not None and 0 < resize < 8:
+            return f"resize must be 0 (keep the size) or at least 8, got {resize}"
+        return None
 
     @classmethod
     def execute(cls, frames, flow, resize) -> io.NodeOutput:
@@ -145,7 +147,7 @@ def _downscaled(frames: torch.Tensor, enabled: bool) -> torch.Tensor:
     return torch.from_numpy(small).float() / 255.0
 
 
-class SVDSceneCuts(io.ComfyNode):
+class SVDSceneCuts(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -162,15 +164,6 @@ class SVDSceneCuts(io.ComfyNode):
             outputs=[io.Int.Output(display_name="cuts"), io.String.Output(display_name="cut_frames")],
             is_output_node=True,
         )
-
-    @classmethod
-    def validate_inputs(cls, adaptive_threshold, min_scene_len, min_content_val) -> bool | str:
-        for name, v, lo, hi in (("adaptive_threshold", adaptive_threshold, 0.1, 100.0),
-                                ("min_scene_len", min_scene_len, 1, 10000),
-                                ("min_content_val", min_content_val, 0.0, 255.0)):
-            if v is not None and not lo <= v <= hi:
-                return f"{name} must be in {lo}..{hi}, got {v}"
-        return True
 
     @classmethod
     def execute(cls, frames, downscale, adaptive_threshold, min_scene_len, min_content_val) -> io.NodeOutput:
@@ -245,7 +238,7 @@ def _clip_model(choice: str):
     return entry.payload
 
 
-class SVDCLIPScore(io.ComfyNode):
+class SVDCLIPScore(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

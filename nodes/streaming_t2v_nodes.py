@@ -19,12 +19,14 @@ import comfy.utils
 import folder_paths
 
 from ..streaming_t2v_core import RandomizedBlendRefiner, StreamingT2VPipeline
+from ..streaming_t2v_core.finite import check_finite
 from ..streaming_t2v_core.loading import converted_part_paths
 from ..streaming_t2v_core.pipeline import (CHUNK, COND_FRAMES, SCHEDULER_CONFIG, GenerationSettings, chunk_plan,
                                            expand_prompts)
-from ..streaming_t2v_core.refiner import chunk_spans, plan_geometry
+from ..streaming_t2v_core.refiner import chunk_spans, plan_geometry, refine_memory_bytes
 from ..streaming_t2v_core.speed import optimize
 from . import model_cache, paths, video_store
+from .validation import ValidatedNode, require_fits
 from .video_store import DEFAULT_FPS, DiskVideo, ST2VVideo
 
 log = logging.getLogger(__name__)
@@ -71,34 +73,11 @@ def _file_identity(path: Path | None) -> tuple | None:
     return paths.identity(path) if path is not None and path.exists() else None
 
 
-def _check_size(name: str, v) -> str | None:
-    if v is None:
-        return None  # linked: checked when the node runs
-    if v < 64 or v > 4096 or v % 64:
-        return f"{name} must be a multiple of 64 in 64..4096 (got {v}); try {min(4096, max(64, v // 64 * 64))}"
-    return None
-
-
-def _check_range(name: str, v, lo, hi) -> str | None:
-    if v is None:
-        return None
-    if not lo <= v <= hi:
-        return f"{name} must be in {lo}..{hi}, got {v}"
-    return None
-
-
-def _first_error(*messages: str | None) -> bool | str:
-    for m in messages:
-        if m:
-            return m
-    return True
-
-
 def _images(frames: torch.Tensor, what: str) -> torch.Tensor:
-    """An IMAGE batch as float32 RGB ``[n, H, W, 3]``."""
+    """An IMAGE batch as float32 RGB ``[n, H, W, 3]`` (NaN/Inf fails here, naming ``what``)."""
     if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] not in (3, 4):
         raise ValueError(f"{what} must be an IMAGE batch [frames, height, width, 3]")
-    return frames[..., :3].float()
+    return check_finite(frames[..., :3].float(), what)
 
 
 def _progress(pbar: comfy.utils.ProgressBar) -> Callable[[int, int], None]:
@@ -275,7 +254,8 @@ def _apm_embeddings(pipe: StreamingT2VPipeline, anchor: torch.Tensor) -> tuple[t
 
 def _generate_with_memory(pipe: StreamingT2VPipeline, prompts: list[str], num_frames: int, first: torch.Tensor,
                           cam: CamBundle | None, apm: ApmBundle | None, generator: torch.Generator,
-                          callback: Callable[[int, int], None], settings: dict) -> Iterator[torch.Tensor]:
+                          callback: Callable[[int, int], None], settings: dict,
+                          check_interrupt: Callable[[], None] | None = None) -> Iterator[torch.Tensor]:
     """``StreamingT2VPipeline.generate(first_chunk=...)`` with the CAM frames of the first extension and/or the
     APM embeddings supplied: the same chunk loop on the pipeline's own building blocks (``encode_text``,
     ``image_encoder``, ``extend_chunk``), the same random draws in the same order; with the default memory
@@ -305,7 +285,7 @@ def _generate_with_memory(pipe: StreamingT2VPipeline, prompts: list[str], num_fr
     previous = chunk if cam is None else cam.frames.float().clamp(0, 1).cpu()
     for i in range(1, extensions + 1):
         previous = pipe.extend_chunk(previous, image_embeds, null_embeds, pipe.encode_text(prompts[i:i + 1]),
-                                     negative, s, generator, progress)
+                                     negative, s, generator, progress, check_interrupt)
         new = previous[COND_FRAMES:][: num_frames - emitted]
         emitted += new.shape[0]
         yield new
@@ -417,7 +397,7 @@ def _frame_source(video) -> tuple[Callable[[int, int], torch.Tensor], int, int, 
 
 
 # ---------------------------------------------------------------------------------------------- nodes
-class ST2VLoadModel(io.ComfyNode):
+class ST2VLoadModel(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -446,12 +426,6 @@ class ST2VLoadModel(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, speed="fused") -> bool | str:
-        if speed not in SPEEDS:
-            return f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}"
-        return True
-
-    @classmethod
     def execute(cls, modelscope, checkpoint, image_encoder, dtype, speed="fused") -> io.NodeOutput:
         handle = StreamingT2VHandle(
             modelscope=paths.resolve_folder("diffusers", modelscope),
@@ -461,7 +435,7 @@ class ST2VLoadModel(io.ComfyNode):
         return io.NodeOutput(handle)
 
 
-class ST2VTextToVideo(io.ComfyNode):
+class ST2VTextToVideo(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -483,22 +457,18 @@ class ST2VTextToVideo(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps, guidance, width, height) -> bool | str:
-        return _first_error(_check_size("width", width), _check_size("height", height),
-                            _check_range("steps", steps, 1, MAX_STEPS), _check_range("guidance", guidance, 0.0, 100.0))
-
-    @classmethod
     def execute(cls, model, prompt, negative_prompt, seed, steps, guidance, width, height) -> io.NodeOutput:
         pipe = model.pipeline()
         pbar = comfy.utils.ProgressBar(steps)
         chunks = pipe.generate(prompt, CHUNK, generator=torch.Generator().manual_seed(seed),
-                               callback=_progress(pbar), negative_prompt=negative_prompt, height=height,
-                               width=width, first_steps=steps, first_guidance=guidance)
+                               callback=_progress(pbar), check_interrupt=mm.throw_exception_if_processing_interrupted,
+                               negative_prompt=negative_prompt, height=height, width=width, first_steps=steps,
+                               first_guidance=guidance)
         frames = torch.cat(list(chunks))
         return io.NodeOutput(frames.to(mm.intermediate_device()))
 
 
-class ST2VCAMConditioner(io.ComfyNode):
+class ST2VCAMConditioner(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -528,7 +498,7 @@ class ST2VCAMConditioner(io.ComfyNode):
         return io.NodeOutput(CamBundle(last.to(mm.intermediate_device())))
 
 
-class ST2VAPMConditioner(io.ComfyNode):
+class ST2VAPMConditioner(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -554,7 +524,7 @@ class ST2VAPMConditioner(io.ComfyNode):
                                        (anchor.shape[1], anchor.shape[2])))
 
 
-class ST2VExtend(io.ComfyNode):
+class ST2VExtend(video_store.MakesDiskVideo, ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -587,11 +557,6 @@ class ST2VExtend(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, num_frames, steps, guidance) -> bool | str:
-        return _first_error(_check_range("num_frames", num_frames, CHUNK, MAX_FRAMES),
-                            _check_range("steps", steps, 1, MAX_STEPS), _check_range("guidance", guidance, 0.0, 100.0))
-
-    @classmethod
     def execute(cls, model, first_chunk, prompt, negative_prompt, num_frames, seed, steps, guidance, cam=None,
                 apm=None) -> io.NodeOutput:
         first = _images(first_chunk, "first_chunk")
@@ -611,6 +576,7 @@ class ST2VExtend(io.ComfyNode):
         schedule = [lines[0]] + lines  # entry 0 is the (given) first chunk's, entry i the i-th extension's
         settings = dict(negative_prompt=negative_prompt, height=h, width=w, steps=steps, guidance=guidance)
         extensions, _ = chunk_plan(num_frames)
+        video_store.require_space(num_frames, h, w)
         pipe = model.pipeline()
         pbar = comfy.utils.ProgressBar(max(1, extensions * steps))
         done = [0]
@@ -622,10 +588,10 @@ class ST2VExtend(io.ComfyNode):
         generator = torch.Generator().manual_seed(seed)
         if cam is None and apm is None:
             chunks = pipe.generate(schedule, num_frames, first_chunk=first, generator=generator, callback=callback,
-                                   **settings)
+                                   check_interrupt=mm.throw_exception_if_processing_interrupted, **settings)
         else:
             chunks = _generate_with_memory(pipe, schedule, num_frames, first, cam, apm, generator, callback,
-                                           settings)
+                                           settings, mm.throw_exception_if_processing_interrupted)
         with video_store.VideoWriter("st2v_extend", DEFAULT_FPS) as writer:
             for chunk in chunks:
                 writer.append(chunk)
@@ -635,7 +601,7 @@ class ST2VExtend(io.ComfyNode):
         return io.NodeOutput(video)
 
 
-class ST2VLoadRefiner(io.ComfyNode):
+class ST2VLoadRefiner(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -655,7 +621,7 @@ class ST2VLoadRefiner(io.ComfyNode):
         return io.NodeOutput(handle)
 
 
-class ST2VRefine(io.ComfyNode):
+class ST2VRefine(video_store.MakesDiskVideo, ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -687,17 +653,11 @@ class ST2VRefine(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, strength, chunk, overlap, width, height, steps, guidance,
-                        guidance_rescale) -> bool | str:
-        for name, v in (("width", width), ("height", height)):
-            if v is not None and (v < 64 or v > 4096 or v % 8):
-                return f"{name} must be a multiple of 8 in 64..4096 (got {v})"
-        if chunk is not None and overlap is not None and not 0 <= overlap < chunk:
+    def check_inputs(cls, chunk=None, overlap=None, **_) -> str | None:
+        if chunk is not None and overlap is not None and not overlap < chunk:
             return f"overlap must be smaller than chunk (got overlap {overlap}, chunk {chunk}); the official " \
                    "values are 8 and 24"
-        return _first_error(_check_range("strength", strength, 0.0, 1.0), _check_range("chunk", chunk, 2, 512),
-                            _check_range("steps", steps, 1, MAX_STEPS), _check_range("guidance", guidance, 0.0, 100.0),
-                            _check_range("guidance_rescale", guidance_rescale, 0.0, 1.0))
+        return None
 
     @classmethod
     def execute(cls, refiner, video, prompt, negative_prompt, strength, chunk, overlap, width, height, steps,
@@ -707,8 +667,11 @@ class ST2VRefine(io.ComfyNode):
             raise ValueError("the video has no frames")
         chunk_spans(count, chunk, overlap)  # validates the layout
         geom = plan_geometry(h, w, (width, height), 8)
-        latent_bytes = count * 4 * (geom.canvas_h // 8) * (geom.canvas_w // 8) * 4
-        parts = refiner.load(memory_required=4 * latent_bytes)  # latents, model input, blend, scheduler state
+        video_store.require_space(count, geom.content_h, geom.content_w)
+        needed = refine_memory_bytes(count, geom)
+        parts = refiner.load(memory_required=needed)
+        require_fits(needed, mm.get_free_memory(mm.get_torch_device()), "the refiner's latents of the whole video",
+                     f"on {mm.get_torch_device()}", "refine a shorter video or choose a smaller width/height")
         sched = _make_scheduler(parts.scheduler_config, scheduler)
         batches = -(-count // VAE_FRAMES_PER_CALL)
         # progress: VAE slices encoded + denoising steps (the refiner reports its count) + VAE slices decoded
@@ -731,12 +694,13 @@ class ST2VRefine(io.ComfyNode):
                           strength=strength, num_inference_steps=steps, guidance_scale=guidance,
                           guidance_rescale=guidance_rescale, chunk_size=chunk, overlap=overlap,
                           target_size=(width, height), generator=torch.Generator().manual_seed(seed),
-                          callback=callback, vae_frames_per_call=VAE_FRAMES_PER_CALL)
+                          callback=callback, vae_frames_per_call=VAE_FRAMES_PER_CALL,
+                          check_interrupt=mm.throw_exception_if_processing_interrupted)
             out = writer.finish()
         return io.NodeOutput(out)
 
 
-class ST2VVideoToImages(io.ComfyNode):
+class ST2VVideoToImages(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -752,11 +716,6 @@ class ST2VVideoToImages(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, start, count, step) -> bool | str:
-        return _first_error(_check_range("start", start, 0, 1_000_000), _check_range("count", count, 1, 100_000),
-                            _check_range("step", step, 1, 1000))
-
-    @classmethod
     def execute(cls, video, start, count, step) -> io.NodeOutput:
         if start >= video.count:
             raise ValueError(f"start {start} is past the end: the video has {video.count} frames (0.."
@@ -770,7 +729,7 @@ class ST2VVideoToImages(io.ComfyNode):
         return io.NodeOutput(torch.cat(frames).to(mm.intermediate_device()), video.count, video.fps)
 
 
-class ST2VImagesToVideo(io.ComfyNode):
+class ST2VImagesToVideo(video_store.MakesDiskVideo, ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -780,10 +739,6 @@ class ST2VImagesToVideo(io.ComfyNode):
                                                              step=0.1)],
             outputs=[ST2VVideo.Output(display_name="video")],
         )
-
-    @classmethod
-    def validate_inputs(cls, fps) -> bool | str:
-        return _first_error(_check_range("fps", fps, 0.1, 240.0))
 
     @classmethod
     def execute(cls, images, fps) -> io.NodeOutput:
@@ -816,7 +771,7 @@ def _encode_mp4(video: DiskVideo, path: str, fps: float, metadata: dict | None, 
             container.mux(packet)
 
 
-class ST2VSaveVideo(io.ComfyNode):
+class ST2VSaveVideo(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -829,10 +784,6 @@ class ST2VSaveVideo(io.ComfyNode):
                                    tooltip="0 = the video's own frame rate")],
             outputs=[], hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo], is_output_node=True,
         )
-
-    @classmethod
-    def validate_inputs(cls, fps) -> bool | str:
-        return _first_error(_check_range("fps", fps, 0.0, 240.0))
 
     @classmethod
     def execute(cls, video, filename_prefix, fps) -> io.NodeOutput:

@@ -10,8 +10,11 @@ Lifetime: a ``DiskVideo`` is immutable (nodes never change a video they got; the
 deleted when the last ``DiskVideo`` object sharing it is garbage-collected, i.e. when ComfyUI's output cache drops
 the node output that carried it (a new run with other inputs, ``/free``, ``--cache-none`` after the consumers ran);
 a run that fails or is cancelled removes its half-written folder at once. ComfyUI also empties its temp directory
-at start-up and exit. Frames are stored with 8 bits per channel (what any saved video holds): a float frame that
-goes through a ``DiskVideo`` comes back rounded to multiples of 1/255.
+at start-up and exit. If a folder disappears while ComfyUI still caches the output that carries it (the temp folder
+was cleaned by hand or by a tool), the node that made it runs again at the next queue (:class:`MakesDiskVideo`: its
+fingerprint changes once one of its videos lost its files), and a node that reads such a video says to queue again.
+Frames are stored with 8 bits per channel (what any saved video holds): a float frame that goes through a
+``DiskVideo`` comes back rounded to multiples of 1/255.
 """
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ import torch
 from comfy_api.latest import io
 
 import folder_paths
+from comfy_execution.utils import get_executing_context
+
+from .validation import require_fits
 
 ST2VVideo = io.Custom("ST2V_VIDEO")
 
@@ -35,6 +41,10 @@ DEFAULT_FORMAT = "png"
 DEFAULT_FPS = 8.0  # the official StreamingT2V videos are written at 8 fps
 METADATA = "metadata.json"
 _SUBDIR = "stream_video"
+# per node id (of the prompt): the videos it made that are still alive (in ComfyUI's cache), and how often one of
+# them was found without its files
+_made: dict[str, weakref.WeakSet] = {}
+_lost: dict[str, int] = {}
 
 
 def temp_root() -> Path:
@@ -96,14 +106,19 @@ class DiskVideo:
     def frame_path(self, index: int) -> Path:
         return self.path / f"{index:06d}.{self.format}"
 
+    def exists(self) -> bool:
+        """Whether every frame file is still on disk."""
+        return all(self.frame_path(i).is_file() for i in range(self.count))
+
     def read_uint8(self, index: int) -> np.ndarray:
         """Frame ``index`` as ``[H, W, 3]`` uint8."""
         if not 0 <= index < self.count:
             raise IndexError(f"frame {index} out of range: the video has {self.count} frames")
         path = self.frame_path(index)
         if not path.is_file():
-            raise FileNotFoundError(f"frame file {path.name} of this video is gone from {self.path} (the temp "
-                                    "folder was cleaned?): run the node that made the video again")
+            raise FileNotFoundError(f"frame file {path.name} of this video is gone from {self.path} (was ComfyUI's "
+                                    "temp folder cleaned?): queue the prompt again; the node that made the video "
+                                    "then runs again")
         if self.format == "npy":
             return np.load(path)
         from PIL import Image
@@ -179,6 +194,9 @@ class VideoWriter:
         self._done = True
         video = DiskVideo(self._folder, self.count, self.height, self.width, self.fps, self.format)
         (self.path / METADATA).write_text(json.dumps(video.metadata(), indent=1))
+        node = _node_id()
+        if node is not None:
+            _made.setdefault(node, weakref.WeakSet()).add(video)
         return video
 
     def abort(self) -> None:
@@ -191,6 +209,43 @@ class VideoWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def require_space(count: int, height: int, width: int) -> None:
+    """Refuse, before writing, a video of ``count`` frames that the temp folder's disk cannot hold (8-bit RGB
+    frames uncompressed: the size of ``npy`` frames, an upper bound for PNG)."""
+    root = temp_root()
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    require_fits(count * height * width * 3, shutil.disk_usage(existing).free, f"a {count}-frame {width}x{height} "
+                 "video", f"on the disk of {existing}", "make fewer or smaller frames, or free disk space")
+
+
+def _node_id() -> str | None:
+    """The id of the node ComfyUI is running or fingerprinting now (None outside a prompt)."""
+    context = get_executing_context()
+    return None if context is None else context.node_id
+
+
+def outputs_fingerprint() -> int:
+    """For ``fingerprint_inputs`` of a node that outputs a :class:`DiskVideo`: a number that changes once a video the
+    node made (which ComfyUI may still serve from its cache) lost its files, so ComfyUI runs the node again."""
+    node = _node_id()
+    videos = _made.get(node)
+    gone = [video for video in list(videos or ()) if not video.exists()]
+    if gone:
+        _lost[node] = _lost.get(node, 0) + 1
+        for video in gone:
+            videos.discard(video)
+    return _lost.get(node, 0)
+
+
+class MakesDiskVideo:
+    """First base of a node that outputs a :class:`DiskVideo`: ComfyUI runs the node again when a video it made lost
+    its files, instead of serving that video from its cache."""
+
+    @classmethod
+    def fingerprint_inputs(cls, **_) -> int:
+        return outputs_fingerprint()
 
 
 def from_images(images: torch.Tensor, fps: float = DEFAULT_FPS, label: str = "images",

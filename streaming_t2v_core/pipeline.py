@@ -22,9 +22,13 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from .finite import check_finite
+
 PathLike = str | os.PathLike
 ProgressCallback = Callable[[int, int], None]
+InterruptCheck = Callable[[], None]  # runs before every denoising step (UNet call); raise from it to cancel
 
+OUTPUT_HINT = "the model produced non-finite values: try dtype float32"
 CHUNK = 16
 COND_FRAMES = 8
 NEW_FRAMES = CHUNK - COND_FRAMES
@@ -161,7 +165,8 @@ class StreamingT2VPipeline:
         """``[1, 4, F, h, w]`` latents -> ``[F, H, W, 3]`` float32 in [0, 1] (frame by frame)."""
         z = latents[0].transpose(0, 1) / self.vae.config.scaling_factor
         frames = torch.cat([self.vae.decode(f[None].to(self.vae.dtype)).sample for f in z])
-        return ((frames.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+        out = ((frames.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+        return check_finite(out, "StreamingT2V output chunk", OUTPUT_HINT)
 
     def _noise(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
         dev = generator.device if generator is not None else torch.device("cpu")
@@ -177,13 +182,17 @@ class StreamingT2VPipeline:
         return out.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
 
     @torch.no_grad()
-    def first_chunk(self, text: Tensor, negative: Tensor, s: GenerationSettings, generator, progress) -> Tensor:
-        """16 frames ``[16, H, W, 3]`` from the ModelScope base UNet (DPMSolver multistep, CFG)."""
+    def first_chunk(self, text: Tensor, negative: Tensor, s: GenerationSettings, generator, progress,
+                    check_interrupt: InterruptCheck | None = None) -> Tensor:
+        """16 frames ``[16, H, W, 3]`` from the ModelScope base UNet (DPMSolver multistep, CFG). ``progress()`` runs
+        after and ``check_interrupt()`` before every denoising step."""
         scheduler = make_scheduler("dpm", self.scheduler_config)
         scheduler.set_timesteps(s.first_steps, device=self.device)
         latents = self._noise((1, 4, CHUNK, s.height // 8, s.width // 8), generator) * scheduler.init_noise_sigma
         cond = torch.cat([negative, text])
         for t in scheduler.timesteps:
+            if check_interrupt is not None:
+                check_interrupt()
             x = scheduler.scale_model_input(torch.cat([latents] * 2), t)
             eps_u, eps_c = self.first_unet(x, t, encoder_hidden_states=cond).sample.chunk(2)
             eps = eps_u + s.first_guidance * (eps_c - eps_u)
@@ -193,8 +202,12 @@ class StreamingT2VPipeline:
 
     @torch.no_grad()
     def extend_chunk(self, previous: Tensor, image_embeds: Tensor, null_embeds: Tensor, text: Tensor,
-                     negative: Tensor, s: GenerationSettings, generator, progress) -> Tensor:
-        """One 16-frame chunk conditioned on ``previous[-8:]`` (CAM) and the anchor embedding (APM)."""
+                     negative: Tensor, s: GenerationSettings, generator, progress,
+                     check_interrupt: InterruptCheck | None = None) -> Tensor:
+        """One 16-frame chunk conditioned on ``previous[-8:]`` (CAM) and the anchor embedding (APM). ``progress()``
+        runs after and ``check_interrupt()`` before every denoising step."""
+        check_finite(previous[-COND_FRAMES:], "CAM frames")
+        check_finite(image_embeds, "APM anchor embedding")
         scheduler = make_scheduler("ddim", self.scheduler_config)
         scheduler.set_timesteps(s.steps, device=self.device)
         cond_frames = (previous[-COND_FRAMES:].permute(0, 3, 1, 2)[None] * 2 - 1).to(self.device, self.dtype)
@@ -203,6 +216,8 @@ class StreamingT2VPipeline:
         images = torch.cat([null_embeds, image_embeds])
         latents = self._noise((1, 4, CHUNK, s.height // 8, s.width // 8), generator) * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
+            if check_interrupt is not None:
+                check_interrupt()
             x = scheduler.scale_model_input(torch.cat([latents] * 2), t)
             eps_u, eps_c = self.model(x, t, texts, images, cond_frames).chunk(2)
             eps = eps_u + s.guidance * (eps_c - eps_u)
@@ -213,11 +228,12 @@ class StreamingT2VPipeline:
     # ------------------------------------------------------------------ generation
     def generate(self, prompt: str | Sequence[str], num_frames: int, *, generator: torch.Generator | None = None,
                  callback: ProgressCallback | None = None, first_chunk: Tensor | None = None,
-                 **settings: Any) -> Iterator[Tensor]:
+                 check_interrupt: InterruptCheck | None = None, **settings: Any) -> Iterator[Tensor]:
         """Yield the video chunk by chunk: ``[16, H, W, 3]`` first (fewer if ``num_frames < 16``), then ``[8, H, W,
         3]`` per extension (the last one trimmed to ``num_frames``). ``prompt``: a string or a per-chunk schedule
         (the last entry repeats). ``first_chunk``: optional ``[16, H, W, 3]`` frames to start from instead of the
-        ModelScope base. ``callback(done, total)`` counts denoising steps; raising from it cancels."""
+        ModelScope base. ``callback(done, total)`` counts denoising steps; raising from it cancels.
+        ``check_interrupt()`` runs before every denoising step (UNet call); raising from it cancels."""
         s = GenerationSettings(**settings)
         s.validate()
         extensions, _ = chunk_plan(num_frames)
@@ -238,9 +254,10 @@ class StreamingT2VPipeline:
             if tuple(first_chunk.shape[1:3]) != (s.height, s.width):
                 raise ValueError(f"first_chunk frames are {tuple(first_chunk.shape[1:3])}, expected "
                                  f"{(s.height, s.width)}")
-            chunk = first_chunk.float().clamp(0, 1).cpu()
+            chunk = check_finite(first_chunk, "first_chunk").float().clamp(0, 1).cpu()
         else:
-            chunk = self.first_chunk(self.encode_text(prompts[:1]), negative, s, generator, progress)
+            chunk = self.first_chunk(self.encode_text(prompts[:1]), negative, s, generator, progress,
+                                     check_interrupt)
         emitted = min(num_frames, CHUNK)
         yield chunk[:emitted]
         if not extensions:
@@ -250,7 +267,7 @@ class StreamingT2VPipeline:
         null_embeds = self.image_encoder.null_embedding(1, (s.height, s.width)).to(self.dtype)
         for i in range(1, extensions + 1):
             chunk = self.extend_chunk(chunk, image_embeds, null_embeds, self.encode_text(prompts[i:i + 1]),
-                                      negative, s, generator, progress)
+                                      negative, s, generator, progress, check_interrupt)
             new = chunk[COND_FRAMES:][: num_frames - emitted]
             emitted += new.shape[0]
             yield new

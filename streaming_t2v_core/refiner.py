@@ -90,6 +90,8 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .finite import check_finite
+
 __all__ = [
     "RandomizedBlendRefiner",
     "DenoiserAdapter",
@@ -101,6 +103,7 @@ __all__ = [
     "draw_offsets",
     "plan_geometry",
     "prepare_frames",
+    "refine_memory_bytes",
     "rescale_guidance",
 ]
 
@@ -259,6 +262,13 @@ def plan_geometry(height: int, width: int, target_size: Optional[tuple[int, int]
         ch, cw = max(ch, 1), max(cw, 1)
     canvas_h, canvas_w = _round_up(th, multiple), _round_up(tw, multiple)
     return PadGeometry(ch, cw, canvas_h, canvas_w, (canvas_h - ch) // 2, (canvas_w - cw) // 2)
+
+
+def refine_memory_bytes(num_frames: int, geom: PadGeometry, latent_channels: int = 4, vae_factor: int = 8) -> int:
+    """Device memory :meth:`RandomizedBlendRefiner.refine` holds for the whole video at once: four float32 latent
+    tensors ``[1, C, N, h, w]`` (the latents, the noise or scaled model input, the blended x0, the scheduler's next
+    latents)."""
+    return 4 * num_frames * latent_channels * (geom.canvas_h // vae_factor) * (geom.canvas_w // vae_factor) * 4
 
 
 def prepare_frames(frames: torch.Tensor, geom: PadGeometry) -> torch.Tensor:
@@ -450,6 +460,7 @@ class RandomizedBlendRefiner:
     def encode_video(self, frames: torch.Tensor, geom: PadGeometry, frames_per_call: int,
                      device) -> torch.Tensor:
         """``[N, H, W, 3]`` -> latents ``[1, C, N, h, w]`` (float32, on ``device``), prepared per batch."""
+        check_finite(frames, "refiner input frames")
         chunks = []
         for i in range(0, frames.shape[0], frames_per_call):
             px = prepare_frames(frames[i:i + frames_per_call], geom)
@@ -467,7 +478,7 @@ class RandomizedBlendRefiner:
             px = self.adapter.decode_latents(self.vae, lat[i:i + frames_per_call])
             px = px[:, :, geom.top:geom.top + geom.content_h, geom.left:geom.left + geom.content_w]
             out[i:i + px.shape[0]] = ((px.clamp(-1.0, 1.0) + 1.0) / 2.0).permute(0, 2, 3, 1).to(out_device)
-        return out
+        return check_finite(out, "refiner output", "the refiner model produced non-finite values: try dtype float32")
 
     def _predict_chunk(self, model_in, t, embeds, do_cfg, guidance_scale, guidance_rescale, unet_dtype):
         x = model_in.to(unet_dtype)
@@ -498,6 +509,7 @@ class RandomizedBlendRefiner:
         prompt_embeds: Optional[torch.Tensor] = None,
         negative_prompt_embeds: Optional[torch.Tensor] = None,
         vae_frames_per_call: int = 8,
+        check_interrupt: Optional[Callable[[], None]] = None,
     ) -> torch.Tensor:
         """Refine ``frames [N, H, W, 3]`` (float, [0, 1]) -> ``[N, H', W', 3]`` (float32, [0, 1], on the input's
         device), where ``H' x W'`` is the frame fitted into ``target_size=(W, H)`` (padding cropped) or the
@@ -507,7 +519,8 @@ class RandomizedBlendRefiner:
         model calls run, each with one UNet pass per chunk (batch 2 with CFG when ``guidance_scale > 1``).
         ``generator`` drives the SDEdit noise, the blending offsets (a CPU generator seeded from one draw of
         it) and stochastic scheduler steps.  ``callback(step, total)`` runs after every scheduler step;
-        raising from it cancels the run (the exception propagates).  ``guidance_rescale`` (0 = off; the
+        raising from it cancels the run (the exception propagates).  ``check_interrupt()`` runs before every UNet
+        call (one per chunk and step); raising from it cancels within one chunk.  ``guidance_rescale`` (0 = off; the
         official enhancer uses 0.2) rescales the guided output per chunk."""
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
             raise ValueError(f"frames must be [N, H, W, 3] with N >= 1, got {tuple(frames.shape)}")
@@ -546,6 +559,8 @@ class RandomizedBlendRefiner:
                 offsets = draw_offsets(spans, offset_gen)
                 blended = torch.empty_like(latents)
                 for (s, e), off in zip(spans, offsets):
+                    if check_interrupt is not None:
+                        check_interrupt()
                     out = self._predict_chunk(model_in[:, :, s:e], t, embeds, do_cfg, guidance_scale,
                                               guidance_rescale, unet_dtype)
                     _write_chunk(blended, out, s, off, frame_dim=2)

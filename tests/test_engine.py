@@ -1,6 +1,8 @@
 """StreamEngine: pipelined streaming equals step-by-step full masked passes; N frames in give N frames out."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 from tiny import tiny_video_unet
@@ -166,3 +168,101 @@ def test_long_transaction_rolls_back_exactly_with_a_bounded_journal(unet64):
             raise RuntimeError("stop")
     assert e.cache.filled == before.filled and e.cache.occupied == before.occupied
     assert all(torch.equal(a, b) for a, b in zip(e.cache.layers, before.layers))
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_at(k: int):
+    """A ``check_interrupt`` hook that raises :class:`Stop` on its ``k``-th call (like Cancel in ComfyUI)."""
+    calls = []
+
+    def hook() -> None:
+        calls.append(1)
+        if len(calls) == k:
+            raise Stop
+
+    return hook
+
+
+@contextmanager
+def counting_unet_calls(unet):
+    """Yields a list that grows by one per UNet forward (every warm-up or streaming call runs conv_in once)."""
+    calls = []
+    handle = unet.conv_in.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def _same(a, b) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+
+
+@torch.no_grad()
+def test_interrupted_warmup_stops_within_one_step_and_leaves_a_new_engine_as_it_was(unet64):
+    """Cancel during a long warm-up (strength 1.0: every step over the 8 warm-up frames) stops before the next
+    denoising step; the engine is not half-warm, its generator is untouched, and warming up again equals a warm-up
+    that was never interrupted."""
+    z, d, text = _frames(12, seed=10)
+    make = lambda: StreamEngine(unet64, text, H, W, strength=1.0, num_inference_steps=5,
+                                generator=torch.Generator().manual_seed(4))
+    clean, failed = make(), make()
+    generator = failed.generator.get_state()
+    with counting_unet_calls(unet64) as unet_calls, pytest.raises(Stop):
+        failed.warmup(z[:8], d[:8], check_interrupt=stop_at(3))
+    assert len(unet_calls) == 2  # the hook runs before every denoising step: step 3 never started
+    assert not failed.is_warm and failed.cache.calls == 0 and not any(failed.cache.warm)
+    assert all(not layer.any() for layer in failed.cache.layers)
+    assert torch.equal(failed.generator.get_state(), generator)
+    assert torch.equal(failed.warmup(z[:8], d[:8]), clean.warmup(z[:8], d[:8]))
+    for f in range(8, 12):
+        assert _same(failed.step(z[f:f + 1], d[f:f + 1]), clean.step(z[f:f + 1], d[f:f + 1]))
+
+
+@torch.no_grad()
+def test_interrupted_rewarm_keeps_the_running_stream(unet64):
+    """A new warm-up of a running stream that is cancelled leaves that stream exactly as it was (KV cache, frames
+    in flight, generator): it continues as if the warm-up had never been asked for."""
+    z, d, text = _frames(14, seed=11)
+
+    def make():
+        e = StreamEngine(unet64, text, H, W, t_index_list=(20, 30, 40), generator=torch.Generator().manual_seed(5))
+        e.warmup(z[:8], d[:8])
+        for f in range(8, 10):
+            e.step(z[f:f + 1], d[f:f + 1])
+        return e
+
+    clean, failed = make(), make()
+    before = failed.cache.clone()
+    with pytest.raises(Stop):
+        failed.warmup(z[:8], d[:8], check_interrupt=stop_at(2))
+    assert (failed.cache.warm, failed.cache.filled, failed.cache.occupied, failed.cache.calls) == \
+        (before.warm, before.filled, before.occupied, before.calls)
+    assert all(torch.equal(a, b) for a, b in zip(failed.cache.layers, before.layers))
+    for f in range(10, 14):
+        assert _same(failed.step(z[f:f + 1], d[f:f + 1]), clean.step(z[f:f + 1], d[f:f + 1]))
+    assert all(torch.equal(a, b) for a, b in zip(failed.flush(), clean.flush()))
+
+
+@torch.no_grad()
+def test_interrupted_flush_in_a_transaction_rolls_back_exactly(unet64):
+    """flush() checks for Cancel before every drain call; inside a transaction the rollback also restores the
+    generator, so draining again draws the same noise as a drain that was never interrupted."""
+    z, d, text = _frames(11, seed=12)
+
+    def make():
+        e = StreamEngine(unet64, text, H, W, t_index_list=(20, 30, 40), generator=torch.Generator().manual_seed(6))
+        e.warmup(z[:8], d[:8])
+        for f in range(8, 11):
+            e.step(z[f:f + 1], d[f:f + 1])
+        return e
+
+    clean, failed = make(), make()
+    with counting_unet_calls(unet64) as unet_calls, pytest.raises(Stop):
+        with failed.transaction():
+            failed.flush(check_interrupt=stop_at(2))
+    assert len(unet_calls) == 1
+    assert all(torch.equal(a, b) for a, b in zip(failed.flush(), clean.flush()))

@@ -92,6 +92,18 @@ def test_from_files_merges_lcm_and_style_loras(models, tmp_path):
     assert not torch.equal(got0, w)
 
 
+def test_nan_lora_file_fails_naming_the_file(models, tmp_path):
+    root, reference = models
+    target = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    w = reference.unet.down_blocks[0].attentions[0].proj_in.weight
+    up = torch.full((w.shape[0], 4, *([1] * (w.dim() - 2))), float("nan"))
+    save_file({f"{target}.lora_down.weight": torch.ones(4, *w.shape[1:]), f"{target}.lora_up.weight": up},
+              tmp_path / "diverged.safetensors")
+    with pytest.raises(ValueError, match="LoRA diverged.safetensors: NaN/Inf values .*pick another LoRA"):
+        Live2DiffPipeline.from_files(root / "sd15", root / "live2diff.ckpt", taesd=root / "vae_approx",
+                                     loras=[(tmp_path / "diverged.safetensors", 1.0)])
+
+
 def test_missing_files_name_the_folder(models, tmp_path):
     root, _ = models
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):

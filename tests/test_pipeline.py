@@ -119,3 +119,23 @@ def test_prompt_embeds_equal_prompt(pipe):
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="prompt_embeds"):
         pipe(frames, prompt_embeds=torch.zeros(77, 32), **SETTINGS)
+
+
+@pytest.mark.parametrize("stop", [2, 6, 9])  # in the warm-up, while streaming, while draining
+def test_check_interrupt_stops_within_one_denoising_step(pipe, stop):
+    """strength 1.0 with 4 steps: a 4-step warm-up over 8 frames, then 3 streamed frames and 3 drain calls (10 UNet
+    calls). Cancel stops before the next UNet call, and the next run equals one that was never interrupted."""
+    from test_engine import Stop, counting_unet_calls, stop_at
+
+    frames = _video(11, seed=5)
+    settings = dict(width=64, height=64, strength=1.0, num_inference_steps=4, seed=3)
+    with counting_unet_calls(pipe.unet) as calls:
+        reference = pipe(frames, "a cat", **settings)
+    assert len(calls) == 10
+    with counting_unet_calls(pipe.unet) as calls, pytest.raises(Stop):
+        pipe(frames, "a cat", check_interrupt=stop_at(stop), **settings)
+    assert len(calls) == stop - 1
+    with counting_unet_calls(pipe.unet) as calls, pytest.raises(Stop):
+        list(pipe.stream(iter(frames), "a cat", check_interrupt=stop_at(stop), **settings))
+    assert len(calls) == stop - 1
+    assert torch.equal(pipe(frames, "a cat", **settings), reference)

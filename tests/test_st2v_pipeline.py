@@ -163,3 +163,20 @@ def test_from_files(parts, pipe, tmp_path):
     with pytest.raises(FileNotFoundError, match="no vae/"):
         shutil.rmtree(folder / "vae")
         StreamingT2VPipeline.from_files(folder, tmp_path / "st2v.base.safetensors")
+
+
+@pytest.mark.parametrize("stop", [2, 5])  # in the first chunk, in the extension
+def test_check_interrupt_stops_within_one_denoising_step(pipe, stop):
+    """3 first-chunk steps + 3 extension steps = 6 UNet calls: Cancel stops before the next one."""
+    from test_engine import Stop, stop_at
+
+    calls = []
+    handles = [m.register_forward_pre_hook(lambda *_: calls.append(1)) for m in (pipe.first_unet, pipe.model)]
+    try:
+        with pytest.raises(Stop):
+            list(pipe.generate("x", 24, check_interrupt=stop_at(stop),
+                               **{**FAST, "first_steps": 3, "steps": 3}))
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(calls) == stop - 1

@@ -358,3 +358,17 @@ def test_callback_cancels_and_embeds_validation(unet, text_parts):
         ref.refine(frames_for(4, 8, 8), "", num_inference_steps=2, strength=0.5, target_size=None, prompt_embeds=emb)
     with pytest.raises(ValueError):
         ref.refine(torch.rand(4, 8, 8), "")
+
+
+def test_check_interrupt_stops_within_one_chunk_call(unet, text_parts):
+    """A denoising step runs one UNet call per chunk (3 chunks for 56 frames): Cancel stops before the next call,
+    not only at the end of the step."""
+    from test_engine import Stop, stop_at
+
+    tok, te = text_parts
+    adapter = RecordingAdapter()
+    ref = RandomizedBlendRefiner(unet, IdentityVAE(), ddim(), te, tok, adapter=adapter)
+    with pytest.raises(Stop):
+        ref.refine(frames_for(56, 8, 8), "a cat", num_inference_steps=4, strength=1.0, target_size=None,
+                   generator=torch.Generator().manual_seed(0), check_interrupt=stop_at(5))
+    assert len(chunk_starts(56, 24, 8)) == 3 and len(adapter.calls) == 4

@@ -63,3 +63,13 @@ def tiny_taesd(seed: int = 0):
 
     torch.manual_seed(seed)
     return AutoencoderTiny().eval()
+
+
+def tiny_pipeline(dtype: torch.dtype = torch.float32):
+    """A tiny :class:`~live2diff_core.pipeline.Live2DiffPipeline` (TAESD codec, no depth estimator), every part in
+    ``dtype``."""
+    from live2diff_core.pipeline import Live2DiffPipeline
+    from live2diff_core.vae import Vae
+
+    tok, text = tiny_text_encoder()
+    return Live2DiffPipeline(tiny_video_unet(seed=0, dtype=dtype), Vae(tiny_taesd().to(dtype)), tok, text.to(dtype))

@@ -42,6 +42,11 @@ if str(HERE) not in sys.path:
 from client import ComfyClient  # noqa: E402
 
 DEFAULT_VENV = Path.home() / ".cache" / "comfyui-test-venv"
+# One torch thread in the server, as in this process (tests/conftest.py): the tiny models are as fast, a loaded
+# 2-core machine does not stall a step for seconds (Cancel within one step stays within 2 s), and the server's
+# float sums are the same as the in-process references'.
+SERVER_THREADS = {"OMP_NUM_THREADS": os.environ.get("COMFYUI_SERVER_THREADS", "1"),
+                  "MKL_NUM_THREADS": os.environ.get("COMFYUI_SERVER_THREADS", "1")}
 SKIP_REASON = ("COMFYUI_DIR is not set: the integration tests need a ComfyUI checkout "
                "(see tests/integration/README.md)")
 
@@ -155,7 +160,8 @@ def _start_with_script(script: Path, comfy_dir: Path, run_dir: Path, venv: Path,
                        timeout: float) -> tuple[dict, Path]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHON", "EXTRA_PIP", "SKIP_INSTALL", "PORT", "RUN_DIR", "VENV", "COMFY_FLAGS")}
-    env.update(VENV=str(venv), PORT="0", RUN_DIR=str(run_dir), COMFY_FLAGS=flags, STARTUP_TIMEOUT=str(int(timeout)))
+    env.update(VENV=str(venv), PORT="0", RUN_DIR=str(run_dir), COMFY_FLAGS=flags, STARTUP_TIMEOUT=str(int(timeout)),
+               **SERVER_THREADS)
     if os.environ.get("COMFYUI_PYTHON"):
         env["PYTHON"] = os.environ["COMFYUI_PYTHON"]
     if (venv / "bin" / "python").exists() and not _truthy("COMFYUI_REINSTALL"):
@@ -197,7 +203,7 @@ def _start_direct(comfy_dir: Path, run_dir: Path, venv: Path, flags: str, timeou
            str(run_dir), "--database-url", f"sqlite:///{run_dir}/comfyui.db", "--disable-auto-launch", *flags.split()]
     log = open(run_dir / "server.log", "wb")
     proc = subprocess.Popen(cmd, cwd=comfy_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+                            env=dict(os.environ, HF_HUB_OFFLINE="1", **SERVER_THREADS))
     log.close()
     (run_dir / "server.pid").write_text(f"{proc.pid}\n")
     url = f"http://127.0.0.1:{port}"
