@@ -27,15 +27,11 @@ def call(url: str, path: str, body: dict | None = None) -> dict:
         raise SystemExit(f"rejected ({err.code}): {err.read().decode()}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("workflow")
-    ap.add_argument("--url", default="http://127.0.0.1:8188")
-    ap.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
-    ap.add_argument("--timeout", type=float, default=3600)
-    args = ap.parse_args(argv)
-    prompt = json.load(open(args.workflow))
-    for item in args.set:
+def load_workflow(path: str, sets: list[str]) -> dict:
+    """An API-format workflow with ``NODE.INPUT=VALUE`` changes applied (NODE: id, title or class_type)."""
+    with open(path) as f:
+        prompt = json.load(f)
+    for item in sets:
         target, _, value = item.partition("=")
         node, _, name = target.rpartition(".")
         try:
@@ -45,10 +41,26 @@ def main(argv: list[str] | None = None) -> int:
         hits = [n for i, n in prompt.items()
                 if node in (i, n["class_type"], n.get("_meta", {}).get("title"))]
         if not hits:
-            raise SystemExit(f"no node {node!r} in {args.workflow}")
+            raise SystemExit(f"no node {node!r} in {path}")
         for n in hits:
             n["inputs"][name] = value
-    prompt_id = call(args.url, "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})["prompt_id"]
+    return prompt
+
+
+def queue(url: str, prompt: dict) -> str:
+    """POST /prompt; returns the prompt id (exits with the server's message when it is rejected)."""
+    return call(url, "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})["prompt_id"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("workflow")
+    ap.add_argument("--url", default="http://127.0.0.1:8188")
+    ap.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
+    ap.add_argument("--timeout", type=float, default=3600)
+    args = ap.parse_args(argv)
+    prompt = load_workflow(args.workflow, args.set)
+    prompt_id = queue(args.url, prompt)
     deadline = time.time() + args.timeout
     while time.time() < deadline:
         entry = call(args.url, f"/history/{prompt_id}").get(prompt_id)

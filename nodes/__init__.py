@@ -11,7 +11,8 @@ from . import paths
 
 log = logging.getLogger(__name__)
 
-_NODE_MODULES = (".live2diff_nodes", ".streaming_t2v_nodes", ".metrics_nodes", ".download_nodes")
+_NODE_MODULES = (".live2diff_nodes", ".live_stream_nodes", ".streaming_t2v_nodes", ".metrics_nodes",
+                 ".download_nodes")
 
 paths.register_folders()
 
@@ -29,7 +30,8 @@ def _collect_nodes() -> list[type[io.ComfyNode]]:
 
 
 def _register_routes() -> None:
-    """``GET /stream_video/cache`` (models and sessions the pack holds), ``DELETE /stream_video/sessions``."""
+    """``GET /stream_video/cache`` (models and sessions the pack holds), ``DELETE /stream_video/sessions``, and the
+    live-stream websocket ``/stream_video/live`` (see ``live_route``)."""
     try:
         from aiohttp import web
         from server import PromptServer
@@ -48,6 +50,10 @@ def _register_routes() -> None:
     @routes.delete("/stream_video/sessions")
     async def _sessions(request):
         return web.json_response({"removed": sessions.reset(None)})
+
+    from . import live_route
+
+    live_route.register(routes)
 
 
 class StreamVideoExtension(ComfyExtension):

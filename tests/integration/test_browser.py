@@ -80,6 +80,7 @@ def _overrides(m, comfy) -> dict[str, dict]:
                           "depth_model": f"{m.depth}/", "lcm_lora": m.lcm_lora},
         "L2D_VideoToVideo": {"width": 64, "height": 64},
         "L2D_StreamStep": {"width": 64, "height": 64, "session_id": "browser-webcam"},
+        "L2D_LiveStream": {"width": 64, "height": 64, "use_depth": False, "idle_timeout": 1.0},  # no client: ends
         "WebcamCapture": {"width": 64, "height": 64},
         "LoadVideo": {"file": _clip(comfy, "browser_test.mp4")},
         "ST2V_LoadModel": {"modelscope": m.modelscope_diffusers, "checkpoint": m.st2v_base,

@@ -27,9 +27,10 @@ def _clip(comfy, name: str, frames: int = 10) -> str:
 
 
 def test_every_api_workflow_is_covered():
+    # live2diff_live.json runs in test_live_stream.py (it needs a websocket client)
     assert sorted(p.name for p in WORKFLOWS.glob("*.json")) == [
-        "live2diff_video_to_video.json", "live2diff_webcam.json", "streaming_t2v_long_video.json",
-        "video_metrics.json"]
+        "live2diff_live.json", "live2diff_video_to_video.json", "live2diff_webcam.json",
+        "streaming_t2v_long_video.json", "video_metrics.json"]
 
 
 def test_live2diff_webcam_workflow(comfy, comfy_models):
