@@ -5,7 +5,7 @@
         --depth models/live2diff/dpt_hybrid_384.pt --lcm-lora models/loras/lcm-lora-sdv1-5.safetensors \
         --input in.mp4 --output out.mp4 --prompt "masterpiece, best quality, felted, a man"
 
-Video files are read and written with OpenCV (``opencv-python-headless``, imported only for video files); a
+Video files are read and written with OpenCV (``opencv-python``, imported only for video files); a
 folder of images in, or an output path without a video suffix, works with frames as PNG files.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _cv2():
     try:
         import cv2
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise SystemExit("reading/writing video files needs OpenCV: pip install opencv-python-headless "
+        raise SystemExit("reading/writing video files needs OpenCV: pip install opencv-python "
                          "(or use a folder of PNG frames)") from exc
     return cv2
 

@@ -49,8 +49,8 @@ def _need_cv2(what: str) -> None:
     try:
         import cv2  # noqa: F401
     except ImportError:
-        raise ImportError(f"{what} needs OpenCV: install opencv-python-headless into ComfyUI's Python "
-                          "(python -m pip install opencv-python-headless)") from None
+        raise ImportError(f"{what} needs OpenCV: install opencv-python into ComfyUI's Python "
+                          "(python -m pip install opencv-python)") from None
 
 
 # ---------------------------------------------------------------------------------------------- MAWE
@@ -153,7 +153,7 @@ class SVDSceneCuts(ValidatedNode):
         return io.Schema(
             node_id="ST2V_SceneCuts", display_name="Video Metric: Scene Cuts (SCuts)", category=CATEGORY,
             description="Number of scene cuts found by PySceneDetect's AdaptiveDetector (paper defaults), and the "
-                        "frame indices that start a new scene. Needs scenedetect and opencv-python-headless.",
+                        "frame indices that start a new scene. Needs scenedetect and opencv-python.",
             inputs=[io.MultiType.Input("frames", types=[io.Image, ST2VVideo], tooltip="IMAGE batch or ST2V_VIDEO"),
                     io.Combo.Input("downscale", options=[DOWNSCALE_AUTO, DOWNSCALE_NONE], default=DOWNSCALE_AUTO,
                                    tooltip="auto: as PySceneDetect processes a video file (and ~25x less memory "

@@ -35,7 +35,7 @@ class FrameSink:
             try:
                 import cv2
             except ImportError as exc:  # pragma: no cover - depends on the environment
-                raise SystemExit("writing video files needs OpenCV (pip install opencv-python-headless); "
+                raise SystemExit("writing video files needs OpenCV (pip install opencv-python); "
                                  "or give a folder as --output for PNG frames") from exc
             if self._writer is None:
                 h, w = data.shape[1:3]

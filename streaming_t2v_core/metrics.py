@@ -329,8 +329,8 @@ def _import_scenedetect():
         import scenedetect
         from scenedetect.detectors import AdaptiveDetector
     except ImportError as exc:
-        raise ImportError("scene_cuts needs PySceneDetect: pip install 'scenedetect>=0.6' (it imports cv2; "
-                          "opencv-python-headless is enough)") from exc
+        raise ImportError("scene_cuts needs PySceneDetect: pip install -r requirements.txt (scenedetect and "
+                          "opencv-python)") from exc
     return scenedetect, AdaptiveDetector
 
 
