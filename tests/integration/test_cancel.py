@@ -36,11 +36,12 @@ def test_cancel_stops_a_live2diff_warm_up_within_one_step(comfy, comfy_models):
     g = Graph()
     model = g.node("L2D_LoadModel", **l2d_loader(comfy_models))
     cond = g.node("L2D_EncodePrompt", model=model.out(0), text="a felted cat", clip_layer=10)
-    images = g.node("EmptyImage", width=128, height=128, batch_size=8, color=0x336699)
-    # strength 1.0 of 50 steps: a warm-up of 50 UNet calls over the 8 frames (about 15 s on one CPU core)
+    images = g.node("EmptyImage", width=64, height=64, batch_size=8, color=0x336699)
+    # strength 1.0 of 50 steps: a warm-up of 50 UNet calls over the 8 frames (about 4 s on one CPU core; the old
+    # code finished the whole warm-up before it noticed the Cancel)
     step = g.node("L2D_StreamStep", model=model.out(0), images=images.out(0), conditioning=cond.out(0),
                   session_id="cancel", t_index_list="30,40", strength=1.0, steps=50, seed=1, use_depth=True,
-                  invert_depth=False, width=128, height=128)
+                  invert_depth=False, width=64, height=64)
     g.node("PreviewImage", images=step.out(0))
     prompt = g.prompt()
     pid = comfy.queue(prompt)
