@@ -103,7 +103,9 @@ class Pacer:
     older one: newest wins). ``in_flight=1`` is lock-step: no frame ever waits on the server, none is dropped."""
 
     def __init__(self, in_flight: int) -> None:
-        self.in_flight, self.sent, self.resolved, self.credit, self.exhausted = max(1, in_flight), 0, 0, in_flight, False
+        self.in_flight = self.credit = max(1, in_flight)
+        self.sent = self.resolved = 0
+        self.exhausted = False
 
     def room(self) -> bool:
         return not self.exhausted and self.credit > 0 and self.sent - self.resolved < self.in_flight

@@ -247,13 +247,12 @@ class LiveRun:
                     if w.frame is None:
                         continue
                     message = decode_frame(w.frame)
-                    out = session_for(client.session).feed(pipe, message.image, prompt_embeds=prompts.pop(client.id, None),
+                    out = session_for(client.session).feed(pipe, message.image, prompt_embeds=prompts.get(client.id),
                                                            check_interrupt=check_interrupt)
+                    prompts.pop(client.id, None)  # applied (a refused frame keeps it for the next one)
                     client.send_frame(encode_frame(out, message.seq, message.stamp, client.format, client.quality))
-                except ProtocolError as exc:
-                    client.send_json({"type": "error", "message": str(exc)})
-                    continue
-                except ValueError as exc:  # a frame the session refused: it is unchanged, the stream goes on
+                except (ValueError, MemoryError) as exc:  # a bad message (ProtocolError), a refused frame, no room for
+                    # this session: the session is unchanged and every stream goes on
                     client.send_json({"type": "error", "message": str(exc)})
                     continue
                 self.latencies.append(time.perf_counter() - w.arrived)

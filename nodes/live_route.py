@@ -53,14 +53,17 @@ class _Outbox:
         self.ready.set()
 
     async def pump(self, ws) -> None:
-        while not ws.closed:
-            await self.ready.wait()
-            self.ready.clear()
-            while self.messages:
-                await ws.send_json(self.messages.popleft())
-            frame, self.frame = self.frame, None
-            if frame is not None:
-                await ws.send_bytes(frame)
+        try:
+            while not ws.closed:
+                await self.ready.wait()
+                self.ready.clear()
+                while self.messages:
+                    await ws.send_json(self.messages.popleft())
+                frame, self.frame = self.frame, None
+                if frame is not None:
+                    await ws.send_bytes(frame)
+        except (ConnectionError, RuntimeError):  # the client went away while we were sending
+            pass
 
 
 def register(routes) -> None:
