@@ -187,10 +187,14 @@ def _settings(model: Live2DiffModel, t_index_list: str, strength: float, steps: 
                 invert_depth=invert_depth, window=model.window, sinks=model.sinks, acceleration=model.acceleration)
 
 
-def _pipeline_for(model: Live2DiffModel, settings: dict, new_cache: bool = True) -> Live2DiffPipeline:
-    """The model's pipeline on the compute device, with room reserved for the KV cache of these settings; a new
-    cache that cannot fit in the free memory is refused before it is allocated."""
-    kv = model.pipeline().kv_cache_bytes(**settings)
+def _kv_bytes(model: Live2DiffModel, settings: dict) -> int:
+    """Bytes of the KV cache a stream with these settings allocates."""
+    return model.pipeline().kv_cache_bytes(**settings)
+
+
+def _pipeline_for(model: Live2DiffModel, kv: int, new_cache: bool = True) -> Live2DiffPipeline:
+    """The model's pipeline on the compute device, with room reserved for a KV cache of ``kv`` bytes
+    (:func:`_kv_bytes`); a new cache that cannot fit in the free memory is refused before it is allocated."""
     pipe = model.pipeline(memory_required=kv)
     if new_cache:
         require_fits(kv, mm.get_free_memory(pipe.device), "the KV cache", f"on {pipe.device}",
@@ -361,7 +365,7 @@ class L2DVideoToVideo(_StreamNode):
         settings = _settings(model, t_index_list, strength, steps, width, height, seed, use_depth, invert_depth)
         if images.shape[0] < model.sinks:
             raise ValueError(f"Live2Diff needs at least {model.sinks} frames (the warm-up), got {images.shape[0]}")
-        pipe = _pipeline_for(model, settings)
+        pipe = _pipeline_for(model, _kv_bytes(model, settings))
         pbar = comfy.utils.ProgressBar(images.shape[0])
         out = pipe(images, prompt_embeds=conditioning, depth_maps=_depth_for(depth, images),
                    callback=lambda done, total: pbar.update_absolute(done, total),
@@ -396,9 +400,9 @@ class L2DStreamStep(_StreamNode):
         depth = _depth_for(depth, images)
         # the seed only matters for the warm-up: a new one (the UI's "randomize") must not reset a live stream
         key = (model.identity(), tuple(sorted((k, v) for k, v in settings.items() if k != "seed")))
-        session = sessions.acquire(session_id, key, lambda: LiveSession(StreamSettings(**settings), conditioning),
-                                   model.pipeline().kv_cache_bytes(**settings))
-        pipe = _pipeline_for(model, settings, new_cache=not session.is_warm)
+        kv = _kv_bytes(model, settings)
+        session = sessions.acquire(session_id, key, lambda: LiveSession(StreamSettings(**settings), conditioning), kv)
+        pipe = _pipeline_for(model, kv, new_cache=not session.is_warm)
         pbar = comfy.utils.ProgressBar(images.shape[0])
         # atomic: the session changes only if every frame went through (interrupts and errors included)
         out = session.feed(pipe, images, depth, prompt_embeds=conditioning,

@@ -15,7 +15,8 @@ import comfy.model_management as mm
 from ..live2diff_core.live_session import LiveSession
 from ..live2diff_core.pipeline import StreamSettings
 from . import live_route, sessions
-from .live2diff_nodes import CATEGORY, L2DCond, L2DModel, _pipeline_for, _settings, _stream_inputs, _StreamNode
+from .live2diff_nodes import (CATEGORY, L2DCond, L2DModel, _kv_bytes, _pipeline_for, _settings, _stream_inputs,
+                              _StreamNode)
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,8 @@ class L2DLiveStream(_StreamNode):
     def execute(cls, model, conditioning, t_index_list, strength, steps, width, height, seed, use_depth,
                 invert_depth, idle_timeout) -> io.NodeOutput:
         settings = _settings(model, t_index_list, strength, steps, width, height, seed, use_depth, invert_depth)
-        pipe = _pipeline_for(model, settings)
-        reserve = pipe.kv_cache_bytes(**settings)
+        reserve = _kv_bytes(model, settings)
+        pipe = _pipeline_for(model, reserve)
         key = (model.identity(), tuple(sorted((k, v) for k, v in settings.items() if k != "seed")))
 
         def session_for(session_id: str) -> LiveSession:
