@@ -1,12 +1,13 @@
-"""Command line: translate a video (or a folder of frames) with Live2Diff.
+"""Command line: translate a video (or a folder of frames) with Live2Diff; fetch the official weights.
 
-    python -m live2diff_core --base models/checkpoints/dreamshaper_8.safetensors \
-        --motion models/live2diff/live2diff.ckpt --taesd models/vae_approx \
-        --depth models/live2diff/dpt_hybrid_384.pt --lcm-lora models/loras/lcm-lora-sdv1-5.safetensors \
-        --input in.mp4 --output out.mp4 --prompt "masterpiece, best quality, felted, a man"
+    python -m live2diff_core --input in.mp4 --output out.mp4 --prompt "masterpiece, best quality, felted, a man"
+    python -m live2diff_core download live2diff          # or: streamingt2v, all, an entry key; --list, --table
 
-Video files are read and written with OpenCV (``opencv-python``, imported only for video files); a
-folder of images in, or an output path without a video suffix, works with frames as PNG files.
+Without ``--base``/``--motion``/``--taesd``/``--depth``/``--lcm-lora`` the catalog's Live2Diff files are used from
+the ComfyUI model folders (``--models-dir``; found automatically when the pack sits in ``ComfyUI/custom_nodes``),
+and the missing ones are downloaded first (``--no-download`` refuses). Give any of those flags to use your own file
+instead (e.g. a DreamBooth as ``--base``). Video files are read and written with OpenCV; a folder of images in, or
+an output path without a video suffix, works with frames as PNG files.
 """
 from __future__ import annotations
 
@@ -78,19 +79,138 @@ def write_frames(frames: torch.Tensor, path: Path, fps: float) -> None:
         Image.fromarray(rgb).save(path / f"{i:06d}.png")
 
 
-def main(argv: list[str] | None = None) -> int:
+PACK = Path(__file__).resolve().parents[1]
+
+
+def default_models_dir() -> Path | None:
+    """``$COMFYUI_MODELS_DIR``, else ``ComfyUI/models`` when this pack is installed in ``ComfyUI/custom_nodes``."""
+    import os
+
+    if os.environ.get("COMFYUI_MODELS_DIR"):
+        return Path(os.environ["COMFYUI_MODELS_DIR"])
+    comfy = PACK.parents[1]
+    if PACK.parent.name == "custom_nodes" and (comfy / "folder_paths.py").is_file():
+        return comfy / "models"
+    return None
+
+
+def _require_models_dir(arg: Path | None) -> Path:
+    models = arg or default_models_dir()
+    if models is None:
+        raise SystemExit("where are the ComfyUI model folders? Pass --models-dir ComfyUI/models (or set "
+                         "COMFYUI_MODELS_DIR); it is found by itself when the pack is in ComfyUI/custom_nodes")
+    return models
+
+
+def _print_progress(name: str, done: int, total: int) -> None:
+    size = f"{done / 2 ** 20:.0f}/{total / 2 ** 20:.0f} MiB" if total else f"{done / 2 ** 20:.0f} MiB"
+    print(f"\r  {name}: {size}", end="", file=sys.stderr, flush=True)
+
+
+def _converters() -> dict:
+    """The StreamingT2V conversion step, when ``streaming_t2v_core`` is importable beside this package."""
+    try:
+        from streaming_t2v_core.weights_io import convert_checkpoint
+    except ImportError:
+        return {}
+    return {"streaming_t2v": lambda ckpt, out: convert_checkpoint(ckpt, out, "streaming_t2v")}
+
+
+def fetch_entries(entries, models_dir: Path, fetcher=None) -> list[Path]:
+    """Download what is missing of ``entries`` into ``models_dir/<folder>``; a network failure exits with its
+    message (nothing is left behind)."""
+    from . import downloads
+
+    try:
+        return downloads.download(entries, lambda folder: models_dir / folder, models_dir, fetcher=fetcher,
+                                  converters=_converters(), progress=_print_progress,
+                                  log=lambda line: print(line, file=sys.stderr))
+    except RuntimeError as exc:
+        raise SystemExit(f"\n{exc}") from None
+
+
+def download_main(argv: list[str], fetcher=None) -> int:
+    """``python -m live2diff_core download WHAT``."""
+    from . import downloads
+
+    ap = argparse.ArgumentParser(prog="python -m live2diff_core download",
+                                 description="Download official weights into the ComfyUI model folders.")
+    ap.add_argument("what", nargs="*", default=[], help=f"{', '.join(downloads.SETS)}, all, or entry keys "
+                    f"({', '.join(e.key for e in downloads.ENTRIES)})")
+    ap.add_argument("--models-dir", type=Path, help="ComfyUI's models folder")
+    ap.add_argument("--list", action="store_true", help="list the catalog and what is already there")
+    ap.add_argument("--table", action="store_true", help="print the catalog as a Markdown table")
+    args = ap.parse_args(argv)
+    if args.table:
+        print(downloads.catalog_table())
+        return 0
+    if args.list or not args.what:
+        models = args.models_dir or default_models_dir()
+        for e in downloads.ENTRIES:
+            here = models is not None and downloads.is_present(e, models / e.folder)
+            sets = ",".join(s for s, keys in downloads.SETS.items() if e.key in keys) or "optional"
+            print(f"{e.key:14s} {sets:13s} {'present' if here else 'missing':8s} models/{e.folder}/{e.name} "
+                  f"({e.size}) <- {e.source}")
+        return 0
+    try:
+        entries = [e for w in args.what for e in downloads.entries_for(w)]
+    except KeyError as exc:
+        ap.error(str(exc.args[0]))
+    models = _require_models_dir(args.models_dir)
+    paths = fetch_entries(entries, models, fetcher)
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def catalog_files(args, fetcher=None) -> None:
+    """Fill the model flags the user left out with the catalog's Live2Diff files, downloading missing ones."""
+    from . import downloads
+
+    wanted = {"base": "sd15", "motion": "live2diff", "lcm_lora": "lcm_lora"}
+    if not args.taesd and not args.vae:
+        wanted["taesd"] = ("taesd_encoder", "taesd_decoder")
+    if not args.no_depth:
+        wanted["depth"] = "midas"
+    wanted = {k: v for k, v in wanted.items() if not getattr(args, k)}
+    if not wanted:
+        return
+    models = _require_models_dir(args.models_dir)
+    keys = [k for v in wanted.values() for k in ((v,) if isinstance(v, str) else v)]
+    entries = [downloads.BY_KEY[k] for k in keys]
+    missing = [e for e in entries if not downloads.is_present(e, models / e.folder)]
+    if missing and args.no_download:
+        raise SystemExit(downloads.missing_message([(e.folder, e.name) for e in missing]))
+    if missing:
+        print(f"fetching {len(missing)} missing Live2Diff file(s) into {models}", file=sys.stderr)
+        fetch_entries(missing, models, fetcher)
+    for flag, v in wanted.items():
+        e = downloads.BY_KEY[v if isinstance(v, str) else v[0]]
+        setattr(args, flag, str(models / e.folder / (e.name if isinstance(v, str) else "")).rstrip("/"))
+
+
+def main(argv: list[str] | None = None, fetcher=None) -> int:
+    """The command line; ``fetcher`` replaces the Hugging Face fetcher (tests)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["download"]:
+        return download_main(argv[1:], fetcher)
     from .pipeline import Live2DiffPipeline
 
     ap = argparse.ArgumentParser(prog="python -m live2diff_core", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", required=True, help="SD1.5 diffusers folder or single-file checkpoint")
-    ap.add_argument("--motion", required=True, help="live2diff.ckpt or .safetensors")
-    ap.add_argument("--taesd", help="TAESD: diffusers AutoencoderTiny folder or ComfyUI vae_approx folder/files")
-    ap.add_argument("--vae", help="SD KL VAE (used when --taesd is not given; default: the base's own)")
-    ap.add_argument("--depth", help="DPT-Hybrid weights (dpt_hybrid_384.pt or Intel/dpt-hybrid-midas folder)")
+    ap.add_argument("--models-dir", type=Path, help="ComfyUI's models folder (default: found when the pack is in "
+                    "ComfyUI/custom_nodes, or $COMFYUI_MODELS_DIR)")
+    ap.add_argument("--no-download", action="store_true", help="never download; fail naming the missing files")
+    ap.add_argument("--base", help="SD1.5 diffusers folder or single-file checkpoint (default: the catalog's "
+                    "checkpoints/v1-5-pruned-emaonly.safetensors)")
+    ap.add_argument("--motion", help="live2diff.ckpt or .safetensors (default: live2diff/live2diff.ckpt)")
+    ap.add_argument("--taesd", help="TAESD: diffusers AutoencoderTiny folder or ComfyUI vae_approx folder/files "
+                    "(default: vae_approx/taesd_encoder + taesd_decoder)")
+    ap.add_argument("--vae", help="SD KL VAE instead of TAESD")
+    ap.add_argument("--depth", help="DPT-Hybrid weights (default: live2diff/dpt_hybrid_384.pt)")
     ap.add_argument("--no-depth", action="store_true", help="run without the depth prior")
     ap.add_argument("--invert-depth", action="store_true")
-    ap.add_argument("--lcm-lora", help="LCM-LoRA for SD1.5 (merged at strength 1)")
+    ap.add_argument("--lcm-lora", help="LCM-LoRA for SD1.5, merged at strength 1 (default: "
+                    "loras/lcm-lora-sdv1-5.safetensors; 'none' to leave it out)")
     ap.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]", help="style LoRA, repeatable")
     ap.add_argument("--lora-mode", choices=["standard", "official"], default="standard")
     ap.add_argument("--input", required=True, type=Path, help="video file or folder of images")
@@ -114,11 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.lora:
         path, _, strength = item.partition(":")
         loras.append((path, float(strength) if strength else 1.0))
-    if not args.depth and not args.no_depth:
-        ap.error("give --depth PATH (DPT-Hybrid weights) or --no-depth")
+    if not args.input.exists():
+        raise SystemExit(f"input not found: {args.input}")
+    catalog_files(args, fetcher)
     frames, fps = read_frames(args.input, args.max_frames)
     pipe = Live2DiffPipeline.from_files(args.base, args.motion, taesd=args.taesd, vae=args.vae,
-                                        depth=None if args.no_depth else args.depth, lcm_lora=args.lcm_lora,
+                                        depth=None if args.no_depth else args.depth,
+                                        lcm_lora=None if args.lcm_lora == "none" else args.lcm_lora,
                                         loras=loras, lora_mode=args.lora_mode, dtype=dtype, device=args.device)
 
     def progress(done: int, total: int) -> None:

@@ -1,24 +1,19 @@
 """Live2DiffPipeline.from_files on every on-disk format the loaders accept (tiny random models)."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny import TINY_UNET_CONFIG, tiny_taesd, tiny_text_encoder, tiny_video_unet
+from tiny import tiny_taesd, tiny_text_encoder, tiny_video_unet, write_live2diff_files
 
 from live2diff_core import Live2DiffPipeline, Vae
 from live2diff_core.depth import DepthEstimator
-from live2diff_core.loader import motion_keys
-from live2diff_core.sd_checkpoint import SHIPPED_CONFIG_DIR
 
 SETTINGS = dict(width=64, height=64, t_index_list=(30, 40), seed=5)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from diffusers import UNet2DConditionModel
     from test_depth import TINY_CONFIG, _tiny_model
 
     root = tmp_path_factory.mktemp("files")
@@ -26,26 +21,7 @@ def models(tmp_path_factory):
     tok, text = tiny_text_encoder(seed=3)
     taesd = tiny_taesd(seed=4)
     dpt = _tiny_model(seed=5, config=TINY_CONFIG)
-    base = root / "sd15"
-    spatial = {k: v for k, v in unet.state_dict().items() if k not in motion_keys(unet)}
-    u2d = UNet2DConditionModel(**TINY_UNET_CONFIG)
-    u2d.load_state_dict(spatial)
-    u2d.save_pretrained(base / "unet")
-    text.save_pretrained(base / "text_encoder")
-    shutil.copytree(SHIPPED_CONFIG_DIR / "tokenizer", base / "tokenizer")
-    torch.save({"state_dict": {k: v for k, v in unet.state_dict().items() if k in motion_keys(unet)}},
-               root / "live2diff.ckpt")
-    # ComfyUI models/vae_approx layout: original TAESD names (decoder index shifted by the weightless clamp)
-    sd = taesd.state_dict()
-    enc = {k[len("encoder.layers."):]: v for k, v in sd.items() if k.startswith("encoder.layers.")}
-    dec = {}
-    for k, v in sd.items():
-        if k.startswith("decoder.layers."):
-            i, rest = k[len("decoder.layers."):].split(".", 1)
-            dec[f"{int(i) + 1}.{rest}"] = v
-    (root / "vae_approx").mkdir()
-    save_file(enc, root / "vae_approx" / "taesd_encoder.safetensors")
-    save_file(dec, root / "vae_approx" / "taesd_decoder.safetensors")
+    write_live2diff_files(root, unet=unet, text=text, taesd=taesd)
     dpt.save_pretrained(root / "dpt-hybrid-midas")
     reference = Live2DiffPipeline(unet, Vae(taesd), tok, text, DepthEstimator(dpt))
     return root, reference
@@ -128,10 +104,9 @@ def test_cli_translates_a_folder_of_frames(models, tmp_path):
     out = tmp_path / "out"
     rc = main(["--base", str(root / "sd15"), "--motion", str(root / "live2diff.ckpt"), "--taesd",
                str(root / "vae_approx"), "--depth", str(root / "dpt-hybrid-midas"), "--input", str(src),
-               "--output", str(out), "--prompt", "a fox", "--width", "64", "--height", "64", "--device", "cpu"])
+               "--output", str(out), "--prompt", "a fox", "--width", "64", "--height", "64", "--device", "cpu",
+               "--lcm-lora", "none"])
     assert rc == 0
     written = sorted(out.glob("*.png"))
     assert len(written) == 9
     assert Image.open(written[0]).size == (72, 40)
-    with pytest.raises(SystemExit):
-        main(["--base", "x", "--motion", "y", "--input", str(src), "--output", str(out)])  # no --depth/--no-depth

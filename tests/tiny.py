@@ -73,3 +73,43 @@ def tiny_pipeline(dtype: torch.dtype = torch.float32):
 
     tok, text = tiny_text_encoder()
     return Live2DiffPipeline(tiny_video_unet(seed=0, dtype=dtype), Vae(tiny_taesd().to(dtype)), tok, text.to(dtype))
+
+
+def write_live2diff_files(root, *, unet=None, text=None, taesd=None):
+    """The Live2Diff files of the tiny models in their real on-disk formats under ``root``: ``sd15/`` (a diffusers
+    SD1.5 folder: unet, text_encoder, tokenizer), ``live2diff.ckpt`` (the motion modules as the official pickle) and
+    ``vae_approx/taesd_encoder.safetensors`` + ``taesd_decoder.safetensors`` (ComfyUI's TAESD names). Returns
+    ``root``."""
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from live2diff_core.loader import motion_keys
+    from live2diff_core.sd_checkpoint import SHIPPED_CONFIG_DIR
+
+    root = Path(root)
+    unet = unet if unet is not None else tiny_video_unet(seed=2)
+    text = text if text is not None else tiny_text_encoder(seed=3)[1]
+    taesd = taesd if taesd is not None else tiny_taesd(seed=4)
+    base = root / "sd15"
+    motion = motion_keys(unet)
+    spatial = {k: v for k, v in unet.state_dict().items() if k not in motion}
+    u2d = UNet2DConditionModel(**TINY_UNET_CONFIG)
+    u2d.load_state_dict(spatial)
+    u2d.save_pretrained(base / "unet")
+    text.save_pretrained(base / "text_encoder")
+    shutil.copytree(SHIPPED_CONFIG_DIR / "tokenizer", base / "tokenizer")
+    torch.save({"state_dict": {k: v for k, v in unet.state_dict().items() if k in motion}}, root / "live2diff.ckpt")
+    # original TAESD names (the decoder's indices shifted by its weightless clamp)
+    sd = taesd.state_dict()
+    enc = {k[len("encoder.layers."):]: v for k, v in sd.items() if k.startswith("encoder.layers.")}
+    dec = {}
+    for k, v in sd.items():
+        if k.startswith("decoder.layers."):
+            i, rest = k[len("decoder.layers."):].split(".", 1)
+            dec[f"{int(i) + 1}.{rest}"] = v
+    (root / "vae_approx").mkdir(parents=True, exist_ok=True)
+    save_file(enc, root / "vae_approx" / "taesd_encoder.safetensors")
+    save_file(dec, root / "vae_approx" / "taesd_decoder.safetensors")
+    return root
