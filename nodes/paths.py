@@ -57,6 +57,15 @@ def checked_name(folder: str, name: str) -> str:
     return name
 
 
+def is_plain_name(name: str) -> bool:
+    """Whether :func:`checked_name` accepts ``name``."""
+    try:
+        checked_name("", name)
+    except ValueError:
+        return False
+    return True
+
+
 def resolve_file(folder: str, name: str) -> Path:
     """Full path of a file from a combo list; a clear error naming the folders searched."""
     path = folder_paths.get_full_path(folder, checked_name(folder, name))

@@ -54,15 +54,40 @@ def schema_error(inputs: Iterable[Any], values: Mapping[str, Any]) -> str | None
 
 
 class ValidatedNode(io.ComfyNode):
-    """Base of the pack's nodes: ``validate_inputs`` checks every widget value against the schema, then
-    :meth:`check_inputs`."""
+    """Base of the pack's nodes: ``validate_inputs`` first lists every missing model file at once (with how to get
+    it), then checks every widget value against the schema, then :meth:`check_inputs`."""
+
+    #: model-file inputs: input id -> the ComfyUI model folder its value names a file or folder of
+    FILE_INPUTS: dict[str, str] = {}
 
     @classmethod
     def validate_inputs(cls, **values) -> bool:
-        message = schema_error(cls.define_schema().inputs, values) or cls.check_inputs(**values)
+        inputs = cls.define_schema().inputs
+        options = {inp.id: getattr(inp, "options", None) for inp in inputs}
+        missing = cls.missing_files(values, options)
+        if missing:
+            from ..live2diff_core.downloads import missing_message
+
+            raise InvalidInput(missing_message(missing))
+        message = schema_error(inputs, values) or cls.check_inputs(**values)
         if message:
             raise InvalidInput(message)
         return True
+
+    @classmethod
+    def missing_files(cls, values: Mapping[str, Any], options: Mapping[str, list | None]) -> list[tuple[str, str]]:
+        """``(folder, name)`` of each model file the values name that is not in its folder (not in the freshly
+        listed options). Names that could leave their folder are left to the schema check, which refuses them."""
+        if not cls.FILE_INPUTS:
+            return []
+        from .paths import NONE, is_plain_name
+
+        out = []
+        for key, folder in cls.FILE_INPUTS.items():
+            value, listed = values.get(key), options.get(key) or []
+            if isinstance(value, str) and value != NONE and value not in listed and is_plain_name(value):
+                out.append((folder, value))
+        return out
 
     @classmethod
     def check_inputs(cls, **values) -> str | None:
