@@ -85,17 +85,27 @@ class Live2DiffModel:
 
 
 def _base_options() -> list[str]:
-    return ([f"checkpoints/{f}" for f in paths.files("checkpoints")]
-            + [f"diffusers/{d}" for d in paths.model_folders("diffusers")])
+    """Single files of models/checkpoints by their own name (what ComfyUI's missing-models dialog matches), then the
+    diffusers folders of models/diffusers as ``diffusers/<name>``."""
+    return paths.files("checkpoints") + [f"diffusers/{d}" for d in paths.model_folders("diffusers")]
+
+
+def _base_value(choice: str) -> str:
+    """Saved workflows from before 0.2 name single files ``checkpoints/<name>``."""
+    return choice[len("checkpoints/"):] if choice.startswith("checkpoints/") else choice
+
+
+def _base_location(choice: str) -> tuple[str, str]:
+    """``(model folder, name)`` a base choice names."""
+    choice = _base_value(choice)
+    if choice.startswith("diffusers/") and choice not in paths.files("checkpoints"):
+        return "diffusers", choice[len("diffusers/"):]
+    return "checkpoints", choice
 
 
 def _resolve_base(choice: str) -> Path:
-    kind, _, name = choice.partition("/")
-    if kind == "checkpoints":
-        return paths.resolve_file("checkpoints", name)
-    if kind == "diffusers":
-        return paths.resolve_folder("diffusers", name)
-    raise ValueError(f"unknown base model {choice!r}: pick an entry from models/checkpoints or models/diffusers")
+    folder, name = _base_location(choice)
+    return paths.resolve_folder(folder, name) if folder == "diffusers" else paths.resolve_file(folder, name)
 
 
 def _taesd_options() -> list[str]:
@@ -159,18 +169,35 @@ def _motion_options() -> list[str]:
 def _stream_inputs() -> list:
     return [
         io.String.Input("t_index_list", default="30,40",
-                        tooltip="Denoising steps, e.g. 30,40 or 30 40: indices into the LCM schedule of `steps` "
-                                "timesteps (one batch row each). Ignored when strength > 0."),
+                        tooltip="Denoising steps, e.g. 30,40 or 30 40: indices (0..steps-1) into the LCM schedule of "
+                                "`steps` timesteps, one UNet call per entry (official: 30,40). More entries = closer "
+                                "to the prompt, slower and a longer output delay. Ignored when strength > 0."),
         io.Float.Input("strength", default=0.0, min=0.0, max=1.0, step=0.01,
-                       tooltip="Use the last strength*steps timesteps instead of t_index_list (0 = off)."),
+                       tooltip="0 = off (use t_index_list, the official way). Above 0: denoise img2img style with "
+                               "the last int(strength*steps) timesteps instead; higher = further from the input."),
         io.Int.Input("steps", default=50, min=1, max=MAX_INFERENCE_STEPS,
-                     tooltip=f"LCM schedule length t_index_list refers to (at most {MAX_INFERENCE_STEPS}: "
-                             "the steps LCM was distilled on)"),
-        io.Int.Input("width", default=512, min=64, max=2048, step=64),
-        io.Int.Input("height", default=512, min=64, max=2048, step=64),
-        io.Int.Input("seed", default=2, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-        io.Boolean.Input("use_depth", default=True, tooltip="Depth prior (built-in estimator or the depth input)"),
-        io.Boolean.Input("invert_depth", default=False),
+                     tooltip=f"Length of the LCM schedule t_index_list indexes into (official: 50, also the "
+                             f"maximum {MAX_INFERENCE_STEPS}: the steps LCM was distilled on). Only the t_index_list "
+                             "entries run."),
+        io.Int.Input("width", default=512, min=64, max=2048, step=64,
+                     tooltip="Working (generation) width in pixels, a multiple of 64 (official: 512). Input frames "
+                             "are resized (shorter side) and center-cropped to width x height; the output is "
+                             "resized back to the input's size."),
+        io.Int.Input("height", default=512, min=64, max=2048, step=64,
+                     tooltip="Working (generation) height in pixels, a multiple of 64 (official: 512). Input frames "
+                             "are resized (shorter side) and center-cropped to width x height; the output is "
+                             "resized back to the input's size."),
+        io.Int.Input("seed", default=2, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                     tooltip="Every random draw (VAE sampling, the noise of each frame) comes from this seed: same "
+                             "seed and inputs = same frames. A stream session takes it when it starts; changing it "
+                             "later does not restart the stream."),
+        io.Boolean.Input("use_depth", default=True,
+                         tooltip="Condition on a depth prior (the built-in DPT-Hybrid estimator, or the depth "
+                                 "input when connected) to keep the scene's structure (official: on). Off needs no "
+                                 "depth model."),
+        io.Boolean.Input("invert_depth", default=False,
+                         tooltip="Flip the depth maps (1 - d) before use. Keep off for MiDaS/DPT-style maps (near = "
+                                 "bright, the official convention); turn on for maps where far = bright."),
         io.Image.Input("depth", optional=True, tooltip="Depth maps from another node (replace the estimator)"),
     ]
 
@@ -219,6 +246,30 @@ class _StreamNode(ValidatedNode):
 
 # ---------------------------------------------------------------------------------------------- nodes
 class L2DLoadModel(ValidatedNode):
+    FILE_INPUTS = {"motion": "live2diff", "depth_model": "live2diff", "lcm_lora": "loras"}
+
+    @classmethod
+    def validate_inputs(cls, **values) -> bool:
+        base = values.get("base")
+        if isinstance(base, str) and _base_value(base) in paths.files("checkpoints"):
+            values["base"] = _base_value(base)  # a saved workflow's checkpoints/<name>
+        return super().validate_inputs(**values)
+
+    @classmethod
+    def missing_files(cls, values, options) -> list[tuple[str, str]]:
+        out = []
+        base = values.get("base")
+        if isinstance(base, str) and base not in (options.get("base") or []):
+            folder, name = _base_location(base)
+            if paths.is_plain_name(name):
+                out.append((folder, name))
+        out += super().missing_files(values, options)
+        if values.get("vae") == TAESD_PAIR and TAESD_PAIR not in (options.get("vae") or []):
+            have = set(paths.files("vae_approx"))
+            out += [("vae_approx", f"taesd_{part}.safetensors") for part in ("encoder", "decoder")
+                    if not {f"taesd_{part}.safetensors", f"taesd_{part}.pth"} & have]
+        return out
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -229,14 +280,18 @@ class L2DLoadModel(ValidatedNode):
                 io.Combo.Input("base", options=_base_options(),
                                tooltip="SD1.5 (or DreamBooth) single file from models/checkpoints, or a diffusers "
                                        "folder from models/diffusers"),
-                io.Combo.Input("motion", options=_motion_options(), tooltip="live2diff.ckpt in models/live2diff"),
+                io.Combo.Input("motion", options=_motion_options(),
+                               tooltip="live2diff.ckpt in models/live2diff (the official motion modules + depth "
+                                       "mapping)"),
                 io.Combo.Input("vae", options=_taesd_options(),
                                tooltip="TAESD (fast, official) from models/vae_approx, an SD VAE from models/vae, "
                                        "or the base model's own VAE"),
                 io.Combo.Input("depth_model", options=_depth_options(),
                                tooltip="dpt_hybrid_384.pt or an Intel/dpt-hybrid-midas folder in models/live2diff"),
                 io.Combo.Input("lcm_lora", options=[paths.NONE] + paths.files("loras"),
-                               tooltip="LCM-LoRA for SD1.5 (the official setup needs it)"),
+                               tooltip="LCM-LoRA for SD1.5 from models/loras (official: latent-consistency/"
+                                       "lcm-lora-sdv1-5, saved as lcm-lora-sdv1-5.safetensors); the few-step LCM "
+                                       "schedule needs it"),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
                                tooltip="auto = float16/bfloat16 on a GPU that supports it, float32 on the CPU; the "
                                        "KV cache uses the same dtype"),
@@ -267,11 +322,16 @@ class L2DApplyLoRA(ValidatedNode):
         return io.Schema(
             node_id="L2D_ApplyLoRA", display_name="Live2Diff Apply Style LoRA", category=CATEGORY,
             description="Merge a style LoRA (kohya/diffusers/PEFT) into a copy of the model; the input is untouched.",
-            inputs=[L2DModel.Input("model"), io.Combo.Input("lora", options=paths.files("loras")),
-                    io.Float.Input("strength", default=1.0, min=-4.0, max=4.0, step=0.05),
+            inputs=[L2DModel.Input("model"),
+                    io.Combo.Input("lora", options=paths.files("loras"),
+                                   tooltip="SD1.5 style LoRA from models/loras (kohya, diffusers or PEFT format)"),
+                    io.Float.Input("strength", default=1.0, min=-4.0, max=4.0, step=0.05,
+                                   tooltip="Multiplier of the LoRA's weight delta (1.0 = as trained, 0 = no effect, "
+                                           "negative = the opposite)"),
                     io.Combo.Input("mode", options=["standard", "official"], default="standard",
-                                   tooltip="standard: alpha/rank scaling; official: Live2Diff's merge (ignores "
-                                           "alpha)")],
+                                   tooltip="standard: alpha/rank scaling, as other tools; official: Live2Diff's merge "
+                                           "(ignores alpha), to reproduce official results. All LoRAs of a model must "
+                                           "use the same mode.")],
             outputs=[L2DModel.Output(display_name="model")],
         )
 
@@ -293,9 +353,11 @@ class L2DCausalAttention(ValidatedNode):
             description="Warm-up (sink) frames and attention window of the uni-directional temporal attention. The "
                         "model was trained with 8 and 16.",
             inputs=[L2DModel.Input("model"),
-                    io.Int.Input("sinks", default=8, min=1, max=23, tooltip="warm-up frames every frame attends to"),
+                    io.Int.Input("sinks", default=8, min=1, max=23,
+                                 tooltip="Warm-up (attention sink) frames every later frame attends to (trained: 8)"),
                     io.Int.Input("window", default=16, min=2, max=24,
-                                 tooltip="sinks + recent frames (at most 24, the positional table)")],
+                                 tooltip="Frames a frame attends to: sinks + recent frames (trained: 16; at most "
+                                         "24, the positional table). Larger = more KV-cache memory.")],
             outputs=[L2DModel.Output(display_name="model")],
         )
 
@@ -317,9 +379,13 @@ class L2DEncodePrompt(ValidatedNode):
             node_id="L2D_EncodePrompt", display_name="Live2Diff Encode Prompt", category=CATEGORY,
             description="CLIP text embeddings at the official layer: the output of layer 10 of 12 plus the final "
                         "LayerNorm (= ComfyUI CLIPSetLastLayer -3 = diffusers clip_skip 2).",
-            inputs=[L2DModel.Input("model"), io.String.Input("text", multiline=True, default=""),
+            inputs=[L2DModel.Input("model"),
+                    io.String.Input("text", multiline=True, default="",
+                                    tooltip="The style prompt, e.g. 'Van Gogh painting, starry night' (77 CLIP "
+                                            "tokens at most)"),
                     io.Int.Input("clip_layer", default=10, min=1, max=12,
-                                 tooltip="CLIP transformer layer whose output is used (10 = official)")],
+                                 tooltip="CLIP text-encoder layer (of 12) whose output, plus the final LayerNorm, is "
+                                         "used (official: 10 = ComfyUI CLIPSetLastLayer -3 = clip skip 2)")],
             outputs=[L2DCond.Output(display_name="conditioning")],
         )
 
@@ -353,7 +419,9 @@ class L2DVideoToVideo(_StreamNode):
             node_id="L2D_VideoToVideo", display_name="Live2Diff Video to Video", category=CATEGORY,
             description="Translate a whole clip (at least 8 frames): warm-up on the first 8, then KV-cache "
                         "streaming. N frames in, N frames out, resized back to the input size.",
-            inputs=[L2DModel.Input("model"), io.Image.Input("images"), L2DCond.Input("conditioning")]
+            inputs=[L2DModel.Input("model"),
+                    io.Image.Input("images", tooltip="The clip, at least 8 frames (the first 8 are the warm-up)"),
+                    L2DCond.Input("conditioning")]
             + _stream_inputs(),
             outputs=[io.Image.Output(display_name="images")],
         )
@@ -383,7 +451,10 @@ class L2DStreamStep(_StreamNode):
                         "stylised frame per input frame (delayed by steps-1 frames). A run either completes or "
                         "leaves the session as it was.",
             inputs=[L2DModel.Input("model"), io.Image.Input("images"), L2DCond.Input("conditioning"),
-                    io.String.Input("session_id", default="default")] + _stream_inputs(),
+                    io.String.Input("session_id", default="default",
+                                    tooltip="Name of the stream session: its KV cache and warm-up frames are kept "
+                                            "between runs under this name. The same id continues the stream; a new "
+                                            "id starts a fresh 8-frame warm-up.")] + _stream_inputs(),
             outputs=[io.Image.Output(display_name="images")],
             not_idempotent=True,
         )
@@ -417,7 +488,9 @@ class L2DResetSession(ValidatedNode):
         return io.Schema(
             node_id="L2D_ResetSession", display_name="Live2Diff Reset Stream Session", category=CATEGORY,
             description="Forget a live-stream session (its KV cache); empty session_id resets all.",
-            inputs=[io.String.Input("session_id", default="default")],
+            inputs=[io.String.Input("session_id", default="default",
+                                    tooltip="The session to forget (its KV cache and warm-up); its next stream step "
+                                            "starts a fresh 8-frame warm-up. Empty = all sessions.")],
             outputs=[], is_output_node=True, not_idempotent=True,
         )
 
@@ -439,7 +512,10 @@ class L2DEstimateDepth(ValidatedNode):
             node_id="L2D_EstimateDepth", display_name="Live2Diff Estimate Depth", category=CATEGORY,
             description="Depth maps from the built-in DPT-Hybrid estimator, min-max normalised over the batch (as "
                         "the model sees them), as a grey IMAGE.",
-            inputs=[L2DModel.Input("model"), io.Image.Input("images"), io.Boolean.Input("invert", default=False)],
+            inputs=[L2DModel.Input("model"), io.Image.Input("images"),
+                    io.Boolean.Input("invert", default=False,
+                                     tooltip="Flip the maps (1 - d): off = near is bright (MiDaS convention, as the "
+                                             "model sees them by default)")],
             outputs=[io.Image.Output(display_name="depth")],
         )
 

@@ -398,6 +398,23 @@ def _frame_source(video) -> tuple[Callable[[int, int], torch.Tensor], int, int, 
 
 # ---------------------------------------------------------------------------------------------- nodes
 class ST2VLoadModel(ValidatedNode):
+    FILE_INPUTS = {"modelscope": "diffusers", "checkpoint": "streamingt2v"}
+
+    @classmethod
+    def missing_files(cls, values, options) -> list[tuple[str, str]]:
+        out = super().missing_files(values, options)
+        encoder, checkpoint = values.get("image_encoder"), values.get("checkpoint")
+        if encoder == AUTO_ENCODER and isinstance(checkpoint, str) and checkpoint.endswith(".base.safetensors"):
+            sibling = checkpoint[:-len(".base.safetensors")] + ".image_encoder.safetensors"
+            if sibling not in paths.files("streamingt2v"):
+                out.append(("streamingt2v", sibling))
+        elif isinstance(encoder, str) and encoder != AUTO_ENCODER and encoder not in (options.get("image_encoder")
+                                                                                    or []):
+            folder, _, name = encoder.partition("/")
+            if folder in ("clip_vision", "streamingt2v") and name:
+                out.append((folder, name))
+        return out
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -416,7 +433,9 @@ class ST2VLoadModel(ValidatedNode):
                                tooltip="APM image encoder, OpenCLIP ViT-H/14: auto = <name>.image_encoder."
                                        "safetensors beside the checkpoint, else the official checkpoint itself; "
                                        "or CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors from models/clip_vision"),
-                io.Combo.Input("dtype", options=DTYPES, default="auto"),
+                io.Combo.Input("dtype", options=DTYPES, default="auto",
+                               tooltip="Weights and compute dtype: auto = float16/bfloat16 on a GPU that supports "
+                                       "it, float32 on the CPU"),
                 io.Combo.Input("speed", options=SPEEDS, default="fused", optional=True,
                                tooltip="fused = one q/k/v projection per self-attention (same results, faster); "
                                        "compile = fused + torch.compile of the UNet and CAM (faster after a warm-up "
@@ -444,14 +463,25 @@ class ST2VTextToVideo(ValidatedNode):
                         "official StreamingT2V inference.",
             inputs=[
                 ST2VModel.Input("model"),
-                io.String.Input("prompt", multiline=True, default="A cat running on the street"),
-                io.String.Input("negative_prompt", multiline=True, default=""),
-                io.Int.Input("seed", default=33, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                io.Int.Input("steps", default=50, min=1, max=MAX_STEPS),
-                io.Float.Input("guidance", default=9.0, min=0.0, max=100.0, step=0.1),
+                io.String.Input("prompt", multiline=True, default="A cat running on the street",
+                                tooltip="What the video shows (CLIP text, 77 tokens at most)"),
+                io.String.Input("negative_prompt", multiline=True, default="",
+                                tooltip="What to steer away from; used for the unconditional CFG row (official: "
+                                        "empty)"),
+                io.Int.Input("seed", default=33, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Every random draw of the chunk comes from this seed: same seed and settings = "
+                                     "same frames"),
+                io.Int.Input("steps", default=50, min=1, max=MAX_STEPS,
+                             tooltip="DPMSolver multistep denoising steps of the first chunk (official: 50)"),
+                io.Float.Input("guidance", default=9.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Classifier-free guidance scale of the first chunk (official: 9.0); higher "
+                                       "= closer to the prompt, less varied"),
                 io.Int.Input("width", default=256, min=64, max=4096, step=64,
-                             tooltip="the model was trained at 256x256"),
-                io.Int.Input("height", default=256, min=64, max=4096, step=64),
+                             tooltip="Frame width in pixels, a multiple of 64 (official: 256; the model was "
+                                     "trained at 256x256). Extend keeps this size."),
+                io.Int.Input("height", default=256, min=64, max=4096, step=64,
+                             tooltip="Frame height in pixels, a multiple of 64 (official: 256; the model was "
+                                     "trained at 256x256). Extend keeps this size."),
             ],
             outputs=[io.Image.Output(display_name="images")],
         )
@@ -540,13 +570,20 @@ class ST2VExtend(video_store.MakesDiskVideo, ValidatedNode):
                 io.String.Input("prompt", multiline=True, default="A cat running on the street",
                                 tooltip="one prompt per line = a schedule over the extension chunks: line 1 for "
                                         "frames 16-23, line 2 for 24-31, ...; the last line repeats"),
-                io.String.Input("negative_prompt", multiline=True, default=""),
+                io.String.Input("negative_prompt", multiline=True, default="",
+                                tooltip="What to steer away from in every extension chunk; used for the "
+                                        "unconditional CFG row with a grey anchor image (official: empty)"),
                 io.Int.Input("num_frames", default=80, min=CHUNK, max=MAX_FRAMES,
                              tooltip="total length, first chunk included (16 + 8 per extension chunk; other "
                                      "lengths are generated up to the next one and trimmed)"),
-                io.Int.Input("seed", default=33, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                io.Int.Input("steps", default=50, min=1, max=MAX_STEPS),
-                io.Float.Input("guidance", default=7.5, min=0.0, max=100.0, step=0.1),
+                io.Int.Input("seed", default=33, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Every random draw of the extension comes from this seed: same seed and "
+                                     "inputs = same video"),
+                io.Int.Input("steps", default=50, min=1, max=MAX_STEPS,
+                             tooltip="DDIM (eta 1) denoising steps per extension chunk (official: 50); time grows "
+                                     "linearly with it"),
+                io.Float.Input("guidance", default=7.5, min=0.0, max=100.0, step=0.1,
+                               tooltip="Classifier-free guidance scale of the extension chunks (official: 7.5)"),
                 ST2VCam.Input("cam", optional=True,
                               tooltip="short-term memory of the first extension chunk (default: the last 8 frames "
                                       "of first_chunk); later chunks always use the chunk before them"),
@@ -602,6 +639,8 @@ class ST2VExtend(video_store.MakesDiskVideo, ValidatedNode):
 
 
 class ST2VLoadRefiner(ValidatedNode):
+    FILE_INPUTS = {"refiner": "diffusers"}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -609,8 +648,11 @@ class ST2VLoadRefiner(ValidatedNode):
             description="A diffusers text-to-video folder used as the video-to-video refiner (zeroscope_v2_XL "
                         "class: UNet3DConditionModel + VAE + CLIP text encoder + tokenizer + scheduler).",
             inputs=[io.Combo.Input("refiner", options=_t2v_folders(),
-                                   tooltip="diffusers text-to-video folder in models/diffusers"),
-                    io.Combo.Input("dtype", options=DTYPES, default="auto")],
+                                   tooltip="diffusers text-to-video folder in models/diffusers, e.g. zeroscope_v2_XL "
+                                           "(cerspense/zeroscope_v2_XL)"),
+                    io.Combo.Input("dtype", options=DTYPES, default="auto",
+                                   tooltip="Weights and compute dtype: auto = float16/bfloat16 on a GPU that supports "
+                                           "it, float32 on the CPU")],
             outputs=[ST2VRefiner.Output(display_name="refiner")],
         )
 
@@ -633,19 +675,34 @@ class ST2VRefine(video_store.MakesDiskVideo, ValidatedNode):
             inputs=[
                 ST2VRefiner.Input("refiner"),
                 io.MultiType.Input("video", types=[ST2VVideo, io.Image], tooltip="ST2V_VIDEO or an IMAGE batch"),
-                io.String.Input("prompt", multiline=True, default="A cat running on the street"),
-                io.String.Input("negative_prompt", multiline=True, default=""),
+                io.String.Input("prompt", multiline=True, default="A cat running on the street",
+                                tooltip="The prompt of the video (usually the one it was generated with)"),
+                io.String.Input("negative_prompt", multiline=True, default="",
+                                tooltip="What to steer away from; used for the unconditional CFG row"),
                 io.Float.Input("strength", default=0.6, min=0.0, max=1.0, step=0.01,
                                tooltip="noise level to start from (0.6 = t 599 of 1000, as the official)"),
-                io.Int.Input("chunk", default=24, min=2, max=512, tooltip="frames per denoiser call"),
-                io.Int.Input("overlap", default=8, min=0, max=511, tooltip="frames shared by consecutive chunks"),
-                io.Int.Input("width", default=1280, min=64, max=4096, step=8),
-                io.Int.Input("height", default=720, min=64, max=4096, step=8),
+                io.Int.Input("chunk", default=24, min=2, max=512,
+                             tooltip="frames per denoiser call (official: 24)"),
+                io.Int.Input("overlap", default=8, min=0, max=511,
+                             tooltip="frames shared by consecutive chunks, blended at random (official: 8; must be "
+                                     "smaller than chunk)"),
+                io.Int.Input("width", default=1280, min=64, max=4096, step=8,
+                             tooltip="Target canvas width in pixels, a multiple of 8 (official: 1280); each "
+                                     "frame is fitted into width x height keeping its aspect ratio"),
+                io.Int.Input("height", default=720, min=64, max=4096, step=8,
+                             tooltip="Target canvas height in pixels, a multiple of 8 (official: 720); each "
+                                     "frame is fitted into width x height keeping its aspect ratio"),
                 io.Int.Input("steps", default=50, min=1, max=MAX_STEPS,
-                             tooltip="full schedule; int(steps * strength) steps run"),
-                io.Float.Input("guidance", default=7.5, min=0.0, max=100.0, step=0.1),
-                io.Int.Input("seed", default=33, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                io.Combo.Input("scheduler", options=SCHEDULERS, default=SCHED_FOLDER),
+                             tooltip="Full schedule length; only the last int(steps * strength) steps run "
+                                     "(official: 50 at strength 0.6 = 30 steps)"),
+                io.Float.Input("guidance", default=7.5, min=0.0, max=100.0, step=0.1,
+                               tooltip="Classifier-free guidance scale of the refiner (default 7.5)"),
+                io.Int.Input("seed", default=33, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Every random draw (the start noise, the blending offsets, the scheduler "
+                                     "noise) comes from this seed"),
+                io.Combo.Input("scheduler", options=SCHEDULERS, default=SCHED_FOLDER,
+                               tooltip="The denoising scheduler: the one saved in the refiner folder, DDIM, or "
+                                       "DPM++ 2M SDE with trailing spacing as the official enhancer uses"),
                 io.Float.Input("guidance_rescale", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="0 = off; the official enhancer uses 0.2"),
             ],
@@ -708,7 +765,8 @@ class ST2VVideoToImages(ValidatedNode):
             description="Frames start, start+step, ... of a disk-backed video (at most `count`) as an IMAGE batch, "
                         "for short clips and previews (a long 720p video is ~11 MB per frame in RAM).",
             inputs=[ST2VVideo.Input("video"),
-                    io.Int.Input("start", default=0, min=0, max=1_000_000),
+                    io.Int.Input("start", default=0, min=0, max=1_000_000,
+                                 tooltip="index of the first frame returned (0 = the first frame)"),
                     io.Int.Input("count", default=64, min=1, max=100_000, tooltip="frames returned at most"),
                     io.Int.Input("step", default=1, min=1, max=1000, tooltip="take every step-th frame")],
             outputs=[io.Image.Output(display_name="images"), io.Int.Output(display_name="video_frames"),
@@ -735,8 +793,10 @@ class ST2VImagesToVideo(video_store.MakesDiskVideo, ValidatedNode):
         return io.Schema(
             node_id="ST2V_ImagesToVideo", display_name="StreamingT2V Images to Video", category=CATEGORY,
             description="An IMAGE batch written to a disk-backed ST2V_VIDEO (8-bit frames).",
-            inputs=[io.Image.Input("images"), io.Float.Input("fps", default=DEFAULT_FPS, min=0.1, max=240.0,
-                                                             step=0.1)],
+            inputs=[io.Image.Input("images"),
+                    io.Float.Input("fps", default=DEFAULT_FPS, min=0.1, max=240.0, step=0.1,
+                                   tooltip="frame rate (frames per second) stored with the video and used by Save "
+                                           "Video (StreamingT2V's videos: 8)")],
             outputs=[ST2VVideo.Output(display_name="video")],
         )
 
