@@ -1,6 +1,15 @@
 """Long-video metrics of the StreamingT2V paper (V3 schema API): MAWE, scene cuts, CLIP score, on an IMAGE batch or a
 disk-backed ``ST2V_VIDEO`` (read slice by slice). Thin glue over ``streaming_t2v_core.metrics``. The nodes are
-output nodes (they run on their own and show their result on the node) and also output the values."""
+output nodes (they run on their own and show their result on the node) and also output the values (FLOAT / INT
+sockets, for other nodes).
+
+How the number reaches the node: frontend 1.27 renders a ``ui`` ``{"text": [...]}`` result only on core "Preview
+Any" nodes (its ``Comfy.PreviewAny`` extension fills that node's own widget; no other node draws it). What it
+renders on *any* node is the server's progress-text message (``PromptServer.send_progress_text``, binary event 3:
+the frontend adds a read-only text widget, ``$$node-text-preview``, to the node), the way core "Get Image Size"
+shows its numbers. :func:`display.show_text` sends that while the node runs and also keeps ``ui.PreviewText`` (history / API
+clients, and ``web/metrics_display.js`` re-shows it when a later run is served from the cache, which sends only the
+``executed`` message)."""
 from __future__ import annotations
 
 import json
@@ -19,6 +28,7 @@ import comfy.utils
 from ..streaming_t2v_core import metrics
 from ..streaming_t2v_core.finite import check_finite
 from . import model_cache, paths
+from .display import show_text
 from .validation import ValidatedNode
 from .video_store import DEFAULT_FPS, DiskVideo, ST2VVideo
 
@@ -32,6 +42,7 @@ CLIP_FOLDERS = ("text_encoders", "clip_vision", "diffusers")  # text_encoders co
 MAWE_WINDOW = 16  # frame pairs per slice read from disk
 SCENE_SLICE = 64
 CLIP_SLICE = 32
+SHOWN_CUTS = 40  # frame indices listed on the node (the cut_frames output has them all)
 
 
 # ---------------------------------------------------------------------------------------------- frame sources
@@ -93,12 +104,18 @@ class SVDMAWE(ValidatedNode):
             inputs=[io.MultiType.Input("frames", types=[io.Image, ST2VVideo], tooltip="IMAGE batch or ST2V_VIDEO "
                                                                                      "(at least 2 frames)"),
                     io.Combo.Input("flow", options=FLOWS, default="opencv-farneback",
-                                   tooltip="raft-large = the official estimator (torchvision; its weights must be "
-                                           "in the torch hub cache); auto = RAFT if available, else Farneback"),
+                                   tooltip="optical-flow estimator. raft-large = the official one (torchvision; its "
+                                           "weights must already be in the torch hub cache, nothing is "
+                                           "downloaded); opencv-farneback / opencv-dis = OpenCV, no weights; auto "
+                                           "= RAFT if its weights are there, else Farneback. Compare MAWE values "
+                                           "of one estimator only"),
                     io.Int.Input("resize", default=720, min=0, max=4096,
-                                 tooltip="frames are resized to resize x resize first (official: 720); 0 keeps "
-                                         "the size")],
-            outputs=[io.Float.Output(display_name="mawe"), io.String.Output(display_name="flow_backend")],
+                                 tooltip="frames are resized to resize x resize before the flow and the warp "
+                                         "(official mawe.py: 720); 0 keeps the frame size")],
+            outputs=[io.Float.Output(display_name="mawe", tooltip="MAWE (lower is better; inf when a frame "
+                                                                   "pair is exactly static)"),
+                     io.String.Output(display_name="flow_backend", tooltip="the flow estimator used")],
+            hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
 
@@ -125,7 +142,7 @@ class SVDMAWE(ValidatedNode):
             pbar.update_absolute(stop - 1, count - 1)
         value = math.inf if static else float(np.mean(ratios))
         text = f"MAWE {value:.4f} ({backend.name}, {count - 1} pairs" + (f", {static} static)" if static else ")")
-        return io.NodeOutput(value, backend.name, ui=ui.PreviewText(text))
+        return io.NodeOutput(value, backend.name, ui=show_text(cls.hidden.unique_id, text))
 
 
 # ---------------------------------------------------------------------------------------------- scene cuts
@@ -156,12 +173,28 @@ class SVDSceneCuts(ValidatedNode):
                         "frame indices that start a new scene. Needs scenedetect and opencv-python.",
             inputs=[io.MultiType.Input("frames", types=[io.Image, ST2VVideo], tooltip="IMAGE batch or ST2V_VIDEO"),
                     io.Combo.Input("downscale", options=[DOWNSCALE_AUTO, DOWNSCALE_NONE], default=DOWNSCALE_AUTO,
-                                   tooltip="auto: as PySceneDetect processes a video file (and ~25x less memory "
-                                           "for 720p)"),
-                    io.Float.Input("adaptive_threshold", default=3.0, min=0.1, max=100.0, step=0.1),
-                    io.Int.Input("min_scene_len", default=15, min=1, max=10000),
-                    io.Float.Input("min_content_val", default=15.0, min=0.0, max=255.0, step=0.5)],
-            outputs=[io.Int.Output(display_name="cuts"), io.String.Output(display_name="cut_frames")],
+                                   tooltip="frame size the detector sees. auto (PySceneDetect's default for a "
+                                           "video file): shrunk so the longest side is about 256 px, which is "
+                                           "what the paper's numbers assume and needs ~25x less memory for 720p; "
+                                           "none: full size (more cuts can be found in fine detail)"),
+                    io.Float.Input("adaptive_threshold", default=3.0, min=0.1, max=100.0, step=0.1,
+                                   tooltip="AdaptiveDetector adaptive_threshold (PySceneDetect default 3.0): a "
+                                           "frame starts a new scene when its change score (content_val) is at "
+                                           "least this many times the average score of the 2 frames before and "
+                                           "after it. Higher = fewer cuts"),
+                    io.Int.Input("min_scene_len", default=15, min=1, max=10000,
+                                 tooltip="min_scene_len in frames (PySceneDetect default 15): after a cut, no new "
+                                         "cut is reported for this many frames. Higher = fewer cuts close "
+                                         "together"),
+                    io.Float.Input("min_content_val", default=15.0, min=0.0, max=255.0, step=0.5,
+                                   tooltip="min_content_val (PySceneDetect default 15.0): a cut also needs the "
+                                           "frame's change score itself (mean absolute change of hue, "
+                                           "saturation and brightness to the previous frame, 0-255) to be at "
+                                           "least this. Higher = only strong changes count")],
+            outputs=[io.Int.Output(display_name="cuts", tooltip="number of scene cuts (the paper's SCuts)"),
+                     io.String.Output(display_name="cut_frames",
+                                      tooltip="comma-separated indices of the frames that start a new scene")],
+            hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
 
@@ -185,8 +218,12 @@ class SVDSceneCuts(ValidatedNode):
                                   min_scene_len=min_scene_len, min_content_val=min_content_val, fps=fps)
         pbar.update_absolute(count + 1, count + 1)
         listing = ",".join(str(c) for c in cuts)
-        return io.NodeOutput(len(cuts), listing,
-                             ui=ui.PreviewText(f"{len(cuts)} scene cut(s)" + (f" at {listing}" if cuts else "")))
+        text = f"scene cuts: {len(cuts)}"
+        if cuts:
+            text += " at frames " + ", ".join(str(c) for c in cuts[:SHOWN_CUTS])
+            text += f", ... ({len(cuts) - SHOWN_CUTS} more)" if len(cuts) > SHOWN_CUTS else ""
+        text += f" ({count} frames)"
+        return io.NodeOutput(len(cuts), listing, ui=show_text(cls.hidden.unique_id, text))
 
 
 # ---------------------------------------------------------------------------------------------- CLIP score
@@ -248,12 +285,18 @@ class SVDCLIPScore(ValidatedNode):
                         "or laion/CLIP-ViT-H-14-laion2B-s32B-b79K, saved as a folder in models/clip). Uses the "
                         "folder's preprocessor_config.json if present, else the OpenAI CLIP preprocessing.",
             inputs=[io.MultiType.Input("frames", types=[io.Image, ST2VVideo], tooltip="IMAGE batch or ST2V_VIDEO"),
-                    io.String.Input("prompt", multiline=True, default="A cat running on the street"),
+                    io.String.Input("prompt", multiline=True, default="A cat running on the street",
+                                    tooltip="the text every frame is compared with (usually the generation "
+                                            "prompt); longer prompts are cut to the model's text length (77 tokens "
+                                            "for the OpenAI / LAION CLIPs)"),
                     io.Combo.Input("clip_model", options=_clip_options(),
                                    tooltip="transformers CLIPModel folder (config.json + weights + tokenizer) in "
                                            "models/clip (or models/text_encoders, models/clip_vision, "
                                            "models/diffusers)")],
-            outputs=[io.Float.Output(display_name="clip_score")],
+            outputs=[io.Float.Output(display_name="clip_score",
+                                     tooltip="mean over frames of 100 x cosine similarity (higher = closer to "
+                                             "the prompt)")],
+            hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
 
@@ -270,7 +313,8 @@ class SVDCLIPScore(ValidatedNode):
             total += metrics.clip_score(part, prompt, model, tokenizer, image_processor=processor) * part.shape[0]
             pbar.update_absolute(start + part.shape[0], count)
         value = total / count
-        return io.NodeOutput(value, ui=ui.PreviewText(f"CLIP score {value:.3f} ({count} frames)"))
+        text = f"CLIP score {value:.4f} ({count} frames)"
+        return io.NodeOutput(value, ui=show_text(cls.hidden.unique_id, text))
 
 
 NODES = [SVDMAWE, SVDSceneCuts, SVDCLIPScore]
