@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
+from pathlib import Path
 
 from comfy_api.latest import ComfyExtension, io
 
@@ -54,6 +56,31 @@ def _register_routes() -> None:
     from . import live_route
 
     live_route.register(routes)
+    _register_templates(PromptServer.instance.app, web)
+
+
+_TEMPLATE_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.(json|jpg)")
+
+
+def _register_templates(app, web) -> None:
+    """Serve ``workflows/<name>.json|jpg`` at ``/api/workflow_templates/<pack folder>/<name>`` (the template browser's
+    files and thumbnails). ComfyUI 0.3.64 serves a pack's templates from *every* one of ``example_workflows``,
+    ``example``, ``examples``, ``workflow``, ``workflows`` that exists, under one URL prefix, and the first registered
+    (our ``examples/`` of client scripts) answers 404 for the rest. Added to the app's router while the pack loads,
+    this route is matched before those static ones. Only plain file names directly in ``workflows/``."""
+    folder = Path(__file__).absolute().parents[1] / "workflows"  # not resolved: the folder name ComfyUI loaded
+    pack = folder.parent.name
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", pack):
+        return  # a folder name a route cannot hold literally: ComfyUI's own static route is all there is
+
+    async def template(request):
+        name = request.match_info["name"]
+        path = folder / name
+        if not _TEMPLATE_FILE.fullmatch(name) or not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
+    app.router.add_get(f"/api/workflow_templates/{pack}/{{name}}", template)
 
 
 class StreamVideoExtension(ComfyExtension):
