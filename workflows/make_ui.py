@@ -27,7 +27,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
+                 "--disable-dev-shm-usage",
+                 # the webcam node's thumbnail shows a (fake) camera picture, not an error
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 THUMBNAIL_WIDTH = 512
 
 
@@ -168,32 +170,37 @@ NOTES = {
 
 NOTE = "note"
 #: the layout of each workflow: columns left to right, ``(width, blocks)``; a block is a group ``(title, colour,
-#: [API node ids stacked top to bottom])`` or NOTE (the note, last in its column, reaching down to the tallest
-#: column's bottom). Colours are LiteGraph's (``LGraphCanvas.node_colors``).
+#: [API node ids stacked top to bottom])`` or NOTE (the note, as tall as the tallest column). The note is the last
+#: column and the outputs stand at the top of theirs: the frontend's minimap (shown by default, bottom right) then
+#: covers only the empty lower part of the note. Colours are LiteGraph's (``LGraphCanvas.node_colors``).
 LAYOUTS = {
     "live2diff_live": [
         (340, [("1 · Models", "pale_blue", ["1"]), ("2 · Prompt", "green", ["2"])]),
-        (440, [("3 · Live stream: Start / Stop here (output)", "purple", ["3"])]),
+        (440, [("3 · Live stream (output)", "purple", ["3"])]),
         (380, [NOTE]),
     ],
     "live2diff_webcam": [
         (340, [("1 · Models", "pale_blue", ["1"]), ("2 · Prompt", "green", ["2"])]),
         (300, [("3 · Camera", "yellow", ["3"]), ("4 · Stream step", "purple", ["4"])]),
-        (340, [("5 · Output", "cyan", ["5"]), NOTE]),
+        (320, [("5 · Output", "cyan", ["5"])]),
+        (360, [NOTE]),
     ],
     "live2diff_video_to_video": [
         (340, [("1 · Models", "pale_blue", ["1"]), ("2 · Prompt", "green", ["2"])]),
         (300, [("3 · Input video", "yellow", ["3", "4"]), ("4 · Generate", "purple", ["5"])]),
-        (340, [("5 · Output", "cyan", ["6", "7"]), NOTE]),
+        (320, [("5 · Output", "cyan", ["6", "7"])]),
+        (360, [NOTE]),
     ],
     "streaming_t2v_long_video": [
-        (320, [("1 · Models", "pale_blue", ["1", "4"]), NOTE]),
-        (340, [("2 · First chunk (16 frames)", "green", ["2"]), ("3 · Extend", "purple", ["3"])]),
+        (320, [("1 · Models", "pale_blue", ["1", "4"]), ("2 · First chunk", "green", ["2"])]),
+        (340, [("3 · Extend", "purple", ["3"])]),
         (340, [("4 · Refine to 1280x720", "purple", ["5"]), ("5 · Output", "cyan", ["6"])]),
+        (360, [NOTE]),
     ],
     "video_metrics": [
-        (320, [("1 · Input video", "yellow", ["1", "2"]), NOTE]),
+        (320, [("1 · Input video", "yellow", ["1", "2"])]),
         (400, [("2 · Metrics (results show on the nodes)", "cyan", ["3", "4", "5"])]),
+        (360, [NOTE]),
     ],
 }
 #: room for the result previews of output nodes (graph units)
@@ -258,7 +265,8 @@ _FRAME_JS = """async ([wf, margin]) => {
                                    {showMissingModelsDialog: false, showMissingNodesDialog: false});
     await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
     const canvas = window.app.canvas, graph = window.app.graph, TITLE = LiteGraph.NODE_TITLE_HEIGHT;
-    const rects = [...graph._nodes.map(n => [n.pos[0], n.pos[1] - TITLE, n.size[0], n.size[1] + TITLE]),
+    const nodes = graph._nodes.filter(n => n.type !== "MarkdownNote");  // unreadable at card size: leave it out
+    const rects = [...nodes.map(n => [n.pos[0], n.pos[1] - TITLE, n.size[0], n.size[1] + TITLE]),
                    ...graph._groups.map(g => [...g._bounding])];
     const x0 = Math.min(...rects.map(r => r[0])) - 16, y0 = Math.min(...rects.map(r => r[1])) - 16;
     const x1 = Math.max(...rects.map(r => r[0] + r[2])) + 16, y1 = Math.max(...rects.map(r => r[1] + r[3])) + 16;
@@ -276,6 +284,10 @@ def _finish(ui: dict, api: dict) -> dict:
     """The serialized graph as shipped: no nulls, no saved view (the frontend fits the graph into the window),
     the missing-models entries in place."""
     ui = _drop_nulls(ui)
+    for node in ui["nodes"]:  # whole graph units (the layout's group title heights are fractional)
+        node["pos"], node["size"] = [round(v) for v in node["pos"]], [round(v) for v in node["size"]]
+    for group in ui.get("groups", []):
+        group["bounding"] = [round(v) for v in group["bounding"]]
     extra = ui.get("extra") or {}
     extra.pop("ds", None)
     ui["extra"] = extra
@@ -291,8 +303,8 @@ def _finish(ui: dict, api: dict) -> dict:
 
 
 def save_thumbnail(page, ui: dict, out: Path) -> None:
-    """Open ``ui`` in the page, frame the whole graph (groups included) at up to 100 % and save it as a JPEG
-    ``THUMBNAIL_WIDTH`` wide (the template browser shows it in a 256 px card)."""
+    """Open ``ui`` in the page, frame its groups and nodes (not the note, unreadable at card size) at up to 100 % and
+    save them as a JPEG ``THUMBNAIL_WIDTH`` wide (the template browser shows it in a 256 px card)."""
     from PIL import Image
 
     clip = page.evaluate(_FRAME_JS, [ui, 60])
@@ -322,9 +334,10 @@ def main(url: str, chromium: str = "/usr/bin/chromium") -> None:
             out = HERE / api_file.name
             out.write_text(json.dumps(ui, indent=2) + "\n")
             written.append((out, ui))
+            listed = len(ui.get("models", [])) + sum(len(n.get("properties", {}).get("models", []))
+                                                     for n in ui["nodes"])
             print(f"wrote {out} ({len(ui['nodes'])} nodes, {len(ui['links'])} links, {len(ui['groups'])} groups, "
-                  f"{sum(len(n.get('properties', {}).get('models', [])) for n in ui['nodes']) + len(ui.get('models', []))}"
-                  " listed model files)")
+                  f"{listed} model files for the missing-models dialog)")
         for out, ui in written:
             thumb = out.with_suffix(".jpg")
             save_thumbnail(page, ui, thumb)

@@ -297,6 +297,41 @@ def comfy_server(request, comfy_models, comfy_run_dir):
         _stop(pid)
 
 
+@pytest.fixture(scope="session")
+def comfy_server_no_models(tmp_path_factory):
+    """A second ComfyUI server with the pack linked and an EMPTY ``models/`` (its own base directory): what a new
+    user has. Yields a :class:`client.ComfyClient` whose ``.server`` is a :class:`ServerInfo`; always stopped at the
+    end of the session. Not available when attaching to a running server (``COMFYUI_URL``)."""
+    comfy_dir = _comfy_dir()
+    if os.environ.get("COMFYUI_URL"):
+        pytest.skip("needs a server of its own with an empty models folder (COMFYUI_URL attaches to one)")
+    venv = Path(os.environ.get("COMFYUI_VENV") or DEFAULT_VENV).expanduser()
+    flags = os.environ.get("COMFYUI_FLAGS", "--disable-api-nodes")
+    timeout = float(os.environ.get("COMFYUI_STARTUP_TIMEOUT", "180"))
+    run_dir = tmp_path_factory.mktemp("comfy-run-no-models").resolve()
+    t0 = time.perf_counter()
+    script = _find_setup_script()
+    if script is not None:
+        values, setup_log = _start_with_script(script, comfy_dir, run_dir, venv, flags, timeout)
+    else:
+        values, setup_log = _start_direct(comfy_dir, run_dir, venv, flags, timeout), None
+    pid = int(values["COMFYUI_PID"])
+    info = ServerInfo(url=values["COMFYUI_URL"], run_dir=run_dir, log_path=run_dir / "server.log", pid=pid,
+                      pack_dir=run_dir / "custom_nodes" / REPO.name, pack_name=REPO.name, comfy_dir=comfy_dir,
+                      venv=venv, started_by_us=True, startup_s=time.perf_counter() - t0, setup_log=setup_log)
+    client = ComfyClient(info.url)
+    client.server = info
+    try:
+        client.system_stats()
+    except OSError as e:
+        _stop(pid)
+        pytest.fail(f"ComfyUI at {info.url} (empty models) does not answer: {e}", pytrace=False)
+    print(f"[comfy_server_no_models] {info.url} (pid {pid}) ready after {info.startup_s:.1f}s; log {info.log_path}")
+    yield client
+    client.close()
+    _stop(pid)
+
+
 
 @pytest.fixture
 def comfy(request, comfy_server):
