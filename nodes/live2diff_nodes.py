@@ -395,10 +395,46 @@ class L2DEncodePrompt(ValidatedNode):
         return io.NodeOutput(pipe.encode_prompt(text, clip_layer).to(mm.intermediate_device()))
 
 
-def _check_inputs(images: torch.Tensor, conditioning: torch.Tensor, depth: torch.Tensor | None) -> None:
+COND_TOOLTIP = ("The prompt: Live2Diff Encode Prompt, or ComfyUI's own CONDITIONING from CLIP Text Encode on the "
+                "SD1.5 checkpoint's CLIP. The official layer is CLIPSetLastLayer -3 before CLIP Text Encode (= "
+                "Encode Prompt's clip_layer 10); only the first prompt of a CONDITIONING is used, its pooled output "
+                "and area/strength settings are not (Live2Diff has no use for them).")
+
+
+def conditioning_input(tooltip: str = COND_TOOLTIP) -> io.Input:
+    """The prompt socket: the pack's ``L2D_CONDITIONING`` or ComfyUI's ``CONDITIONING``."""
+    return io.MultiType.Input(L2DCond.Input("conditioning", tooltip=tooltip), types=[io.Conditioning])
+
+
+def prompt_embeds(conditioning, pipe: Live2DiffPipeline) -> torch.Tensor:
+    """``[1, tokens, width]`` text embeddings from an ``L2D_CONDITIONING`` tensor or a ComfyUI ``CONDITIONING``
+    (``[[cond, {...}], ...]``: the first entry's ``cond``; ComfyUI concatenates 77-token chunks of a long prompt, which
+    cross-attention takes as they are). The width must be the UNet's cross-attention width (768 for SD1.5)."""
+    if isinstance(conditioning, (list, tuple)):
+        if not conditioning or not isinstance(conditioning[0], (list, tuple)) or \
+                not isinstance(conditioning[0][0], torch.Tensor):
+            raise ValueError("conditioning: not a CONDITIONING (expected [[tensor, {...}], ...] from CLIP Text Encode)")
+        if len(conditioning) > 1:
+            log.warning("stream-video-diffusion: a CONDITIONING with %d entries: Live2Diff uses the first",
+                        len(conditioning))
+        embeds = conditioning[0][0]
+    elif isinstance(conditioning, torch.Tensor):
+        embeds = conditioning
+    else:
+        raise ValueError(f"conditioning: expected L2D_CONDITIONING or CONDITIONING, got {type(conditioning).__name__}")
+    if embeds.ndim != 3 or embeds.shape[0] != 1:
+        raise ValueError(f"conditioning: expected one prompt [1, tokens, width], got {list(embeds.shape)}")
+    width = pipe.unet.config["cross_attention_dim"]
+    if embeds.shape[-1] != width:
+        raise ValueError(f"conditioning has width {embeds.shape[-1]} but this model's UNet takes {width} (SD1.5's "
+                         "CLIP ViT-L): encode the prompt with the SD1.5 checkpoint's CLIP (not an SD2/SDXL/Flux one), "
+                         "or use Live2Diff Encode Prompt")
+    return check_finite(embeds, "conditioning input")
+
+
+def _check_inputs(images: torch.Tensor, depth: torch.Tensor | None) -> None:
     """NaN/Inf in a connected input fails before any work (a stream session never stores it), naming the input."""
     check_finite(images, "images input")
-    check_finite(conditioning, "conditioning input")
     if depth is not None:
         check_finite(depth, "depth input")
 
@@ -421,7 +457,7 @@ class L2DVideoToVideo(_StreamNode):
                         "streaming. N frames in, N frames out, resized back to the input size.",
             inputs=[L2DModel.Input("model"),
                     io.Image.Input("images", tooltip="The clip, at least 8 frames (the first 8 are the warm-up)"),
-                    L2DCond.Input("conditioning")]
+                    conditioning_input()]
             + _stream_inputs(),
             outputs=[io.Image.Output(display_name="images")],
         )
@@ -429,11 +465,12 @@ class L2DVideoToVideo(_StreamNode):
     @classmethod
     def execute(cls, model, images, conditioning, t_index_list, strength, steps, width, height, seed, use_depth,
                 invert_depth, depth=None) -> io.NodeOutput:
-        _check_inputs(images, conditioning, depth)
+        _check_inputs(images, depth)
         settings = _settings(model, t_index_list, strength, steps, width, height, seed, use_depth, invert_depth)
         if images.shape[0] < model.sinks:
             raise ValueError(f"Live2Diff needs at least {model.sinks} frames (the warm-up), got {images.shape[0]}")
         pipe = _pipeline_for(model, _kv_bytes(model, settings))
+        conditioning = prompt_embeds(conditioning, pipe)
         pbar = comfy.utils.ProgressBar(images.shape[0])
         out = pipe(images, prompt_embeds=conditioning, depth_maps=_depth_for(depth, images),
                    callback=lambda done, total: pbar.update_absolute(done, total),
@@ -450,7 +487,7 @@ class L2DStreamStep(_StreamNode):
                         "8 warm-up frames are collected the input frames come back unchanged; afterwards one "
                         "stylised frame per input frame (delayed by steps-1 frames). A run either completes or "
                         "leaves the session as it was.",
-            inputs=[L2DModel.Input("model"), io.Image.Input("images"), L2DCond.Input("conditioning"),
+            inputs=[L2DModel.Input("model"), io.Image.Input("images"), conditioning_input(),
                     io.String.Input("session_id", default="default",
                                     tooltip="Name of the stream session: its KV cache and warm-up frames are kept "
                                             "between runs under this name. The same id continues the stream; a new "
@@ -466,12 +503,13 @@ class L2DStreamStep(_StreamNode):
     @classmethod
     def execute(cls, model, images, conditioning, session_id, t_index_list, strength, steps, width, height, seed,
                 use_depth, invert_depth, depth=None) -> io.NodeOutput:
-        _check_inputs(images, conditioning, depth)
+        _check_inputs(images, depth)
         settings = _settings(model, t_index_list, strength, steps, width, height, seed, use_depth, invert_depth)
         depth = _depth_for(depth, images)
         # the seed only matters for the warm-up: a new one (the UI's "randomize") must not reset a live stream
         key = (model.identity(), tuple(sorted((k, v) for k, v in settings.items() if k != "seed")))
         kv = _kv_bytes(model, settings)
+        conditioning = prompt_embeds(conditioning, _pipeline_for(model, kv, new_cache=False))
         session = sessions.acquire(session_id, key, lambda: LiveSession(StreamSettings(**settings), conditioning), kv)
         pipe = _pipeline_for(model, kv, new_cache=not session.is_warm)
         pbar = comfy.utils.ProgressBar(images.shape[0])

@@ -15,8 +15,8 @@ import comfy.model_management as mm
 from ..live2diff_core.live_session import LiveSession
 from ..live2diff_core.pipeline import StreamSettings
 from . import live_route, sessions
-from .live2diff_nodes import (CATEGORY, L2DCond, L2DModel, _kv_bytes, _pipeline_for, _settings, _stream_inputs,
-                              _StreamNode)
+from .live2diff_nodes import (CATEGORY, L2DModel, _kv_bytes, _pipeline_for, _settings, _stream_inputs, _StreamNode,
+                              conditioning_input, prompt_embeds)
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,10 @@ class L2DLiveStream(_StreamNode):
                         "client of the websocket /stream_video/live (see the README's live protocol); each client "
                         "has its own session id. The first 8 frames of a session are its warm-up (they come back "
                         "unchanged). ComfyUI runs one prompt at a time, so while this node streams the queue waits.",
-            inputs=[L2DModel.Input("model"), L2DCond.Input("conditioning", tooltip="the prompt at the start; the "
-                                                           "node's prompt field changes it while streaming")]
+            inputs=[L2DModel.Input("model"), conditioning_input(
+                        "The prompt at the start (Live2Diff Encode Prompt, or CONDITIONING from CLIP Text Encode on "
+                        "the SD1.5 checkpoint's CLIP after CLIPSetLastLayer -3); the node's prompt field changes it "
+                        "while streaming")]
             + [i for i in _stream_inputs() if i.id != "depth"]
             + [io.Float.Input("idle_timeout", default=120.0, min=1.0, max=86400.0, step=1.0,
                               tooltip="stop after this many seconds without a connected client")],
@@ -50,6 +52,7 @@ class L2DLiveStream(_StreamNode):
         settings = _settings(model, t_index_list, strength, steps, width, height, seed, use_depth, invert_depth)
         reserve = _kv_bytes(model, settings)
         pipe = _pipeline_for(model, reserve)
+        conditioning = prompt_embeds(conditioning, pipe)
         key = (model.identity(), tuple(sorted((k, v) for k, v in settings.items() if k != "seed")))
 
         def session_for(session_id: str) -> LiveSession:
