@@ -13,7 +13,7 @@ from . import paths
 
 log = logging.getLogger(__name__)
 
-_NODE_MODULES = (".live2diff_nodes", ".live_stream_nodes", ".streaming_t2v_nodes", ".metrics_nodes",
+_NODE_MODULES = (".live2diff_nodes", ".live2diff_video_nodes", ".live_stream_nodes", ".streaming_t2v_nodes", ".metrics_nodes",
                  ".download_nodes")
 
 paths.register_folders()
