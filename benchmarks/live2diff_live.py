@@ -22,7 +22,7 @@ latency doubles while frames/s hardly changes). For each input size (``--inputs`
 
 - engine-only: ``LiveSession.feed`` on already decoded frames, in this process (no protocol, no hub);
 - client (CPU mode): ``examples/live_client.stream`` against ``L2D_LiveStream`` queued from
-  ``workflows/api/live2diff_live.json`` on a ComfyUI server started with ``comfyui_setup.sh`` on the same tiny files;
+  ``workflows/api/Live2Diff-Live-Stream.json`` on a ComfyUI server started with ``comfyui_setup.sh`` on the same tiny files;
   ``--in-process`` (implied by ``--device cuda``): ``LiveHub`` + ``LiveRun.serve`` in a thread, fed by a client in
   this process that packs and unpacks real protocol messages (protocol and hub measured, no network);
 - page (CPU mode): the node's widget in headless Chromium with a fake camera (``tests/integration/live_page.py``);
@@ -59,8 +59,8 @@ from common import REPO, RESULTS, device_name, import_package
 
 sys.path[:0] = [str(REPO / "examples"), str(REPO / "tests" / "integration")]
 
-API_WORKFLOW = REPO / "workflows" / "api" / "live2diff_live.json"
-UI_WORKFLOW = REPO / "workflows" / "live2diff_live.json"
+API_WORKFLOW = REPO / "workflows" / "api" / "Live2Diff-Live-Stream.json"
+UI_WORKFLOW = REPO / "workflows" / "Live2Diff-Live-Stream.json"
 TAESD = "taesd (vae_approx/taesd_encoder + taesd_decoder)"
 T_INDEX, STEPS, SEED = (30, 40), 50, 2
 
@@ -318,7 +318,7 @@ def page_unavailable() -> str | None:
         return f"the browser helper cannot be imported: {exc}"
     if not (Path(live_page.CHROMIUM).exists() and UI_WORKFLOW.is_file() and (REPO / "web" / "live2diff_live.js").
             is_file()):
-        return "needs Debian chromium, workflows/live2diff_live.json and web/live2diff_live.js"
+        return "needs Debian chromium, workflows/Live2Diff-Live-Stream.json and web/live2diff_live.js"
     return None
 
 

@@ -3,7 +3,7 @@
     python examples/live_client.py --url http://127.0.0.1:8188 --input clip.mp4 --output stylised.mp4 \
         --prompt "masterpiece, best quality, felted, a man"
 
-Queues ``workflows/api/live2diff_live.json`` (``--workflow``, ``--set NODE.INPUT=VALUE`` as in
+Queues ``workflows/api/Live2Diff-Live-Stream.json`` (``--workflow``, ``--set NODE.INPUT=VALUE`` as in
 ``run_api_workflow.py``; ``--no-queue`` joins a live run that is already going), connects to the websocket
 ``/stream_video/live``, sends frames at full rate with at most ``--in-flight`` frames waiting for their result, writes
 the results (``.mp4`` through PyAV, or a folder of PNG files), and prints frames/s and latency. ``--stop`` (the
@@ -31,7 +31,7 @@ from run_api_workflow import load_workflow, queue  # noqa: E402
 
 HEADER = struct.Struct("<4sBBHHId")  # magic, kind (1 JPEG, 2 raw RGB8), flags, width, height, seq, stamp (ms)
 MAGIC, JPEG, RAW = b"L2D1", 1, 2
-WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "api" / "live2diff_live.json"
+WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "api" / "Live2Diff-Live-Stream.json"
 
 
 def pack(rgb: np.ndarray, seq: int, fmt: str, quality: int = 85) -> bytes:

@@ -1,6 +1,6 @@
 """Run an API-format workflow on a ComfyUI server and wait for the result (standard library only).
 
-    python examples/run_api_workflow.py workflows/api/live2diff_video_to_video.json --url http://127.0.0.1:8188 \
+    python examples/run_api_workflow.py workflows/api/Live2Diff-Video-to-Video.json --url http://127.0.0.1:8188 \
         --set LoadVideo.file=my_clip.mp4 --set L2D_VideoToVideo.width=768
 
 ``--set NODE.INPUT=VALUE`` changes a widget value; NODE is a node id, a title or a class_type (JSON values are

@@ -38,6 +38,15 @@ torch.set_num_threads(1)
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(scope="module")
+def unet64():
+    """The tiny video UNet (``tiny.tiny_video_unet``, seed 0) in float64, for exact equivalence checks. One per test
+    module: some tests move its weights to new storage or capture calls on it."""
+    from tiny import tiny_video_unet
+
+    return tiny_video_unet(seed=0, dtype=torch.float64)
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs CUDA (no GPU on this machine)")
     skip_int = pytest.mark.skip(reason="needs COMFYUI_DIR pointing at a ComfyUI checkout")

@@ -10,8 +10,9 @@ import json
 
 import pytest
 import torch
-from reference import REFERENCE_DIR
 import torch.nn.functional as F
+from reference import REFERENCE_DIR
+from tiny import TINY_DPT_CONFIG as TINY_CONFIG, TINY_DPT_CONFIG_384 as TINY_CONFIG_384, tiny_dpt
 
 import live2diff_core.depth as depth_mod
 from live2diff_core.depth import (
@@ -23,38 +24,6 @@ from live2diff_core.depth import (
 
 # Reference list of every tensor of the official dpt_hybrid_384.pt (names + real shapes).
 REFERENCE_KEYS = REFERENCE_DIR / "dpt_hybrid_midas_keys.json"
-
-TINY_CONFIG = {
-    "model_type": "dpt",
-    "is_hybrid": True,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "image_size": 64,  # network input size (the shipped config: 384); small to keep the tests fast
-    "patch_size": 16,
-    "backbone_out_indices": [0, 0, 0, 1],  # hybrid: only [2:] are used -> ViT blocks 0 and 1
-    "readout_type": "project",
-    "reassemble_factors": [1, 1, 1, 0.5],
-    "neck_hidden_sizes": [16, 32, 32, 32],
-    "fusion_hidden_size": 16,
-    "backbone_featmap_shape": [1, 64, 4, 4],
-    "neck_ignore_stages": [0, 1],
-    "layer_norm_eps": 1e-6,
-    "backbone_config": {
-        "model_type": "bit",
-        "layer_type": "bottleneck",
-        "global_padding": "SAME",
-        "embedding_dynamic_padding": True,
-        "depths": [1, 1, 1],
-        "hidden_sizes": [16, 32, 64],
-        "embedding_size": 8,
-        "num_groups": 2,
-        "out_features": ["stage1", "stage2", "stage3"],
-    },
-}
-# the same tiny network at the real input size 384 (24x24 ViT grid), for the output-size check
-TINY_CONFIG_384 = dict(TINY_CONFIG, image_size=384, backbone_featmap_shape=[1, 64, 24, 24])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -286,28 +255,6 @@ def test_convert_rejects_unknown_keys():
 # --------------------------------------------------------------------------------------------------------------------
 # 2. round trip through both file layouts
 # --------------------------------------------------------------------------------------------------------------------
-def _tiny_model(seed: int = 0, config: dict = TINY_CONFIG):
-    from transformers import DPTConfig, DPTForDepthEstimation
-
-    cfg = dict(config)
-    cfg.pop("model_type")
-    model = DPTForDepthEstimation(DPTConfig.from_dict(cfg)).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if p.ndim >= 2:  # fan-in scaled, so activations stay O(1) through the tiny network
-                p.copy_(noise * (1.5 / p[0].numel() ** 0.5))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * noise)
-            else:
-                p.copy_(0.1 * noise)
-        # the head ends in ReLU: a positive last layer keeps every output pixel alive (> 0) and informative
-        model.head.head[4].weight.abs_()
-        model.head.head[4].bias.fill_(0.5)
-    return model
-
-
 def _frames(n: int = 2, h: int = 40, w: int = 56, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, h, w, generator=g) * 2 - 1
@@ -316,7 +263,7 @@ def _frames(n: int = 2, h: int = 40, w: int = 56, seed: int = 1) -> torch.Tensor
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("dpt")
-    model = _tiny_model()
+    model = tiny_dpt()
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     midas = transformers_to_midas(sd)
     g = torch.Generator().manual_seed(7)
@@ -383,7 +330,7 @@ def test_roundtrip_detects_swapped_tensors(tiny, tmp_path):
 
 def test_forward_at_384_returns_384_map(tmp_path):
     """For a 384x384 input the transformers head yields 384x384, like MiDaS: no extra resize in forward."""
-    model = _tiny_model(seed=4, config=TINY_CONFIG_384)
+    model = tiny_dpt(seed=4, config=TINY_CONFIG_384)
     model.save_pretrained(tmp_path)
     est = load_depth_estimator(tmp_path)
     assert est.image_size == (384, 384)

@@ -1,20 +1,13 @@
 """StreamEngine: pipelined streaming equals step-by-step full masked passes; N frames in give N frames out."""
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import pytest
 import torch
-from tiny import tiny_video_unet
+from cancel_hooks import Stop, counting_unet_calls, stop_at
 
 from live2diff_core.engine import StreamEngine
 
 H = W = 8
-
-
-@pytest.fixture(scope="module")
-def unet64():
-    return tiny_video_unet(seed=0, dtype=torch.float64)
 
 
 def _frames(n: int, seed: int):
@@ -168,33 +161,6 @@ def test_long_transaction_rolls_back_exactly_with_a_bounded_journal(unet64):
             raise RuntimeError("stop")
     assert e.cache.filled == before.filled and e.cache.occupied == before.occupied
     assert all(torch.equal(a, b) for a, b in zip(e.cache.layers, before.layers))
-
-
-class Stop(Exception):
-    pass
-
-
-def stop_at(k: int):
-    """A ``check_interrupt`` hook that raises :class:`Stop` on its ``k``-th call (like Cancel in ComfyUI)."""
-    calls = []
-
-    def hook() -> None:
-        calls.append(1)
-        if len(calls) == k:
-            raise Stop
-
-    return hook
-
-
-@contextmanager
-def counting_unet_calls(unet):
-    """Yields a list that grows by one per UNet forward (every warm-up or streaming call runs conv_in once)."""
-    calls = []
-    handle = unet.conv_in.register_forward_pre_hook(lambda *_: calls.append(1))
-    try:
-        yield calls
-    finally:
-        handle.remove()
 
 
 def _same(a, b) -> bool:

@@ -3,16 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import tiny_video_unet
 
 from live2diff_core import streaming_plan
 
 H = W = 8  # latent size
-
-
-@pytest.fixture(scope="module")
-def unet64():
-    return tiny_video_unet(seed=0, dtype=torch.float64)
 
 
 def _inputs(frames: int, seed: int, batch: int = 1):

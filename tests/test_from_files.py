@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny import tiny_taesd, tiny_text_encoder, tiny_video_unet, write_live2diff_files
+from tiny import tiny_dpt, tiny_taesd, tiny_text_encoder, tiny_video_unet, write_live2diff_files
 
 from live2diff_core import Live2DiffPipeline, Vae
 from live2diff_core.depth import DepthEstimator
@@ -14,13 +14,11 @@ SETTINGS = dict(width=64, height=64, t_index_list=(30, 40), seed=5)
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from test_depth import TINY_CONFIG, _tiny_model
-
     root = tmp_path_factory.mktemp("files")
     unet = tiny_video_unet(seed=2)
     tok, text = tiny_text_encoder(seed=3)
     taesd = tiny_taesd(seed=4)
-    dpt = _tiny_model(seed=5, config=TINY_CONFIG)
+    dpt = tiny_dpt(seed=5)
     write_live2diff_files(root, unet=unet, text=text, taesd=taesd)
     dpt.save_pretrained(root / "dpt-hybrid-midas")
     reference = Live2DiffPipeline(unet, Vae(taesd), tok, text, DepthEstimator(dpt))

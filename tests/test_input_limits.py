@@ -13,12 +13,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from tiny import tiny_taesd, tiny_text_encoder, tiny_video_unet
+from tiny import tiny_pipeline
 
 from live2diff_core import depth, sd_checkpoint
-from live2diff_core.pipeline import Live2DiffPipeline, StreamSettings
+from live2diff_core.pipeline import StreamSettings
 from live2diff_core.scheduler import MAX_INFERENCE_STEPS, make_lcm_scheduler, select_timesteps
-from live2diff_core.vae import Vae
 
 NODES = Path(__file__).resolve().parents[1] / "nodes"
 
@@ -209,8 +208,7 @@ def test_t_index_list_errors_say_what_is_expected():
 
 # ---------------------------------------------------------------------------------------------- memory
 def test_kv_cache_estimate_is_what_a_stream_allocates():
-    tok, text = tiny_text_encoder()
-    pipe = Live2DiffPipeline(tiny_video_unet(seed=0), Vae(tiny_taesd()), tok, text)
+    pipe = tiny_pipeline()
     for kw in (dict(t_index_list=(30, 40)), dict(strength=0.1), dict(t_index_list=(1, 2, 3), window=12)):
         expected = pipe.kv_cache_bytes(width=128, height=64, **kw)
         pipe.start(prompt="", width=128, height=64, **kw)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import tiny_pipeline
+from tiny import random_video, tiny_pipeline
 
 from live2diff_core.live_session import LiveSession
 from live2diff_core.pipeline import StreamSettings
@@ -29,11 +29,6 @@ def prompt(pipe):
     return pipe.encode_prompt("a cat")
 
 
-def _video(n: int, h: int = 48, w: int = 80, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, h, w, 3, generator=g)
-
-
 def _reference(pipe, prompt, frames, settings=SETTINGS) -> torch.Tensor:
     session = LiveSession(settings, prompt)
     return torch.cat([session.feed(pipe, frames[i:i + 1]) for i in range(frames.shape[0])])
@@ -52,7 +47,7 @@ def _interrupt_at(k: int):
 
 
 def test_outputs_do_not_depend_on_how_frames_are_batched(pipe, prompt):
-    frames = _video(20)
+    frames = random_video(20)
     one_by_one = _reference(pipe, prompt, frames)
     session = LiveSession(SETTINGS, prompt)
     batched = torch.cat([session.feed(pipe, frames[a:b]) for a, b in ((0, 5), (5, 12), (12, 13), (13, 20))])
@@ -65,7 +60,7 @@ def test_outputs_do_not_depend_on_how_frames_are_batched(pipe, prompt):
 
 def test_the_warm_frame_equals_the_whole_clip_pipeline(pipe, prompt):
     """The stylised 8th frame and the streamed frames equal the core's whole-clip call on the same settings."""
-    frames = _video(14, seed=3)
+    frames = random_video(14, seed=3)
     whole = pipe(frames, prompt_embeds=prompt, **{k: v for k, v in SETTINGS.__dict__.items() if k != "prompt"})
     live = _reference(pipe, prompt, frames)
     assert torch.equal(live[7], whole[7])
@@ -75,7 +70,7 @@ def test_the_warm_frame_equals_the_whole_clip_pipeline(pipe, prompt):
 
 @pytest.mark.parametrize("where", ["warm-up collection", "warm-up denoising", "streaming"])
 def test_an_interrupt_leaves_the_session_as_it_was(pipe, prompt, where):
-    frames = _video(22, seed=1)
+    frames = random_video(22, seed=1)
     expected = _reference(pipe, prompt, frames)
     session = LiveSession(SETTINGS, prompt)
     runs = [(0, 4), (4, 10), (10, 16), (16, 22)]
@@ -94,7 +89,7 @@ def test_an_interrupt_leaves_the_session_as_it_was(pipe, prompt, where):
 
 
 def test_an_error_mid_run_leaves_the_session_as_it_was(pipe, prompt):
-    frames = _video(20, seed=2)
+    frames = random_video(20, seed=2)
     expected = _reference(pipe, prompt, frames)
     session = LiveSession(SETTINGS, prompt)
     first = session.feed(pipe, frames[:12])
@@ -119,7 +114,7 @@ def test_an_error_mid_run_leaves_the_session_as_it_was(pipe, prompt):
 
 @pytest.mark.parametrize("bad", ["nan", "one channel", "empty", "not a tensor", "tiny"])
 def test_a_bad_frame_is_refused_on_arrival_and_the_session_stays_usable(pipe, prompt, bad):
-    frames = _video(12, seed=4)
+    frames = random_video(12, seed=4)
     expected = _reference(pipe, prompt, frames)
     session = LiveSession(SETTINGS, prompt)
     outs = [session.feed(pipe, frames[:3])]
@@ -139,7 +134,7 @@ def test_frames_may_change_size(pipe, prompt):
     """During the warm-up (buffered frames are resized to the first one's size) and after it; every output comes
     back at its own input's size, also after an interrupted run (no stale in-flight sizes)."""
     session = LiveSession(SETTINGS, prompt)
-    small, wide = _video(6, 48, 80, seed=5), _video(16, 64, 96, seed=6)
+    small, wide = random_video(6, 48, 80, seed=5), random_video(16, 64, 96, seed=6)
     out = session.feed(pipe, small)
     assert out.shape == small.shape
     out = session.feed(pipe, wide[:4])  # completes the warm-up with frames of another size
@@ -156,7 +151,7 @@ def test_a_prompt_change_keeps_the_kv_cache(pipe, prompt):
     """A new prompt applies from the next frame on, without a new warm-up: equal to a core-level stream whose
     engine's text is switched at the same frame."""
     other = pipe.encode_prompt("a dog")
-    frames = _video(16, seed=7)
+    frames = random_video(16, seed=7)
     session = LiveSession(SETTINGS, prompt)
     live = torch.cat([session.feed(pipe, frames[:11]), session.feed(pipe, frames[11:], prompt_embeds=other)])
 
@@ -174,7 +169,7 @@ def test_a_prompt_change_keeps_the_kv_cache(pipe, prompt):
 
 def test_a_session_never_keeps_the_model(pipe, prompt):
     session = LiveSession(SETTINGS, prompt)
-    session.feed(pipe, _video(10, seed=8))
+    session.feed(pipe, random_video(10, seed=8))
     assert session.is_warm and session._state.stream.engine.unet is None
     assert pipe.stream_state is None  # the shared pipeline is left as it was found
     assert session.nbytes >= session._state.stream.engine.cache.nbytes > 0

@@ -6,18 +6,15 @@ import copy
 
 import pytest
 import torch
-from st2v_tiny import tiny_st2v_model
-from test_pipeline import SETTINGS, _tiny_depth, _video
-from test_st2v_pipeline import FAST, _components
-from test_st2v_refiner import ddim, frames_for, tiny_kl_vae, tiny_unet3d
-from tiny import tiny_taesd, tiny_text_encoder, tiny_video_unet
+from st2v_tiny import ST2V_FAST as FAST
+from st2v_tiny import ddim, panning_frames, tiny_refiner_unet, tiny_refiner_vae, tiny_st2v_components, tiny_st2v_model
+from tiny import PIPELINE_SETTINGS as SETTINGS, random_video, tiny_pipeline
 
 from live2diff_core import engine as engine_module
 from live2diff_core.engine import StreamEngine
 from live2diff_core.finite import FiniteWatch
 from live2diff_core.lora import merge_lora
 from live2diff_core.pipeline import Live2DiffPipeline
-from live2diff_core.vae import Vae
 from streaming_t2v_core.image_encoder import ImageEncoder
 from streaming_t2v_core.pipeline import GenerationSettings, StreamingT2VPipeline
 from streaming_t2v_core.refiner import RandomizedBlendRefiner
@@ -27,8 +24,7 @@ NAN = float("nan")
 
 @pytest.fixture(scope="module")
 def pipe():
-    tok, text = tiny_text_encoder()
-    return Live2DiffPipeline(tiny_video_unet(seed=0), Vae(tiny_taesd()), tok, text, _tiny_depth())
+    return tiny_pipeline(depth=True)
 
 
 def _poisoned(pipe: Live2DiffPipeline) -> Live2DiffPipeline:
@@ -41,20 +37,20 @@ def _poisoned(pipe: Live2DiffPipeline) -> Live2DiffPipeline:
 
 # ---------------------------------------------------------------------------------------------- Live2Diff inputs
 def test_nan_pixel_in_video_to_video_names_the_input_frame(pipe):
-    frames = _video(12)
+    frames = random_video(12)
     frames[9, 5, 7, 1] = NAN
     with pytest.raises(ValueError, match=r"input frames: 1 of 12 frames contain NaN/Inf values \(first: frame 9\)"):
         pipe(frames, "x", **SETTINGS)
     depth = torch.rand(12, 48, 80)
     depth[3, 0, 0] = float("inf")
     with pytest.raises(ValueError, match=r"depth maps: 1 of 12 frames .*\(first: frame 3\)"):
-        pipe(_video(12), "x", depth_maps=depth, **SETTINGS)
+        pipe(random_video(12), "x", depth_maps=depth, **SETTINGS)
 
 
 def test_nan_pixel_in_a_stream_step_names_the_frame_and_nan_conditioning_fails(pipe):
     pipe.start(prompt="x", **SETTINGS)
-    pipe.warmup(_video(8))
-    frame = _video(1, seed=1)
+    pipe.warmup(random_video(8))
+    frame = random_video(1, seed=1)
     frame[0, 1, 2, 0] = NAN
     with pytest.raises(ValueError, match="frame contains NaN/Inf values; fix the node"):
         pipe.step(frame)
@@ -81,7 +77,7 @@ def test_nan_lora_fails_before_merging(pipe):
 
 # ---------------------------------------------------------------------------------------------- Live2Diff outputs
 def test_nan_output_fails_naming_the_frame_and_finite_streams_are_unchanged(pipe, monkeypatch):
-    frames = _video(12, seed=2)
+    frames = random_video(12, seed=2)
     checked = pipe(frames, "x", **SETTINGS)
     monkeypatch.setattr(FiniteWatch, "watch", lambda *a, **k: None)
     unchecked = pipe(frames, "x", **SETTINGS)
@@ -136,7 +132,7 @@ def test_gpu_flags_are_queued_not_read_at_once():
 # ---------------------------------------------------------------------------------------------- StreamingT2V
 @pytest.fixture(scope="module")
 def st2v():
-    parts = _components()
+    parts = tiny_st2v_components()
     return StreamingT2VPipeline(parts["model"], parts["first_unet"], parts["text_encoder"], parts["tokenizer"],
                                 parts["vae"], ImageEncoder(parts["vision"]))
 
@@ -170,11 +166,11 @@ def test_nan_streaming_t2v_output_names_the_output(st2v):
 
 
 def test_nan_refiner_input_and_output_name_the_source(st2v):
-    unet = tiny_unet3d()
-    frames = frames_for(10)
+    unet = tiny_refiner_unet()
+    frames = panning_frames(10)
     bad = frames.clone()
     bad[6, 2, 2, 0] = NAN
-    refiner = RandomizedBlendRefiner(unet, tiny_kl_vae(), ddim(), adapter=None)
+    refiner = RandomizedBlendRefiner(unet, tiny_refiner_vae(), ddim(), adapter=None)
     kw = dict(num_inference_steps=2, strength=0.5, target_size=None, guidance_scale=1.0, chunk_size=8, overlap=2,
               prompt_embeds=torch.zeros(1, 4, 32))
     with pytest.raises(ValueError, match=r"refiner input frames: 1 of 10 frames .*\(first: frame 6\)"):

@@ -3,34 +3,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import tiny_taesd, tiny_text_encoder, tiny_video_unet
+from cancel_hooks import Stop, counting_unet_calls, stop_at
+from tiny import PIPELINE_SETTINGS as SETTINGS, random_video, tiny_pipeline
 
-from live2diff_core.depth import DepthEstimator
 from live2diff_core.pipeline import Live2DiffPipeline
-from live2diff_core.vae import Vae
-
-SETTINGS = dict(width=64, height=64, t_index_list=(30, 40), seed=3)
-
-
-def _tiny_depth():
-    from test_depth import TINY_CONFIG, _tiny_model
-
-    return DepthEstimator(_tiny_model(seed=0, config=TINY_CONFIG))
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    tok, text = tiny_text_encoder()
-    return Live2DiffPipeline(tiny_video_unet(seed=0), Vae(tiny_taesd()), tok, text, _tiny_depth())
-
-
-def _video(n: int, h: int = 48, w: int = 80, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, h, w, 3, generator=g)
+    return tiny_pipeline(depth=True)
 
 
 def test_n_frames_in_n_frames_out(pipe):
-    frames = _video(11)
+    frames = random_video(11)
     calls = []
     out = pipe(frames, "a cat", callback=lambda d, t: calls.append((d, t)), **SETTINGS)
     assert out.shape == frames.shape
@@ -44,7 +29,7 @@ def test_n_frames_in_n_frames_out(pipe):
 
 
 def test_generator_api_matches_whole_clip(pipe):
-    frames = _video(10, seed=1)
+    frames = random_video(10, seed=1)
     whole = pipe(frames, "a dog", **SETTINGS)
     streamed = list(pipe.stream(iter(frames), "a dog", **SETTINGS))
     assert len(streamed) == 10
@@ -52,7 +37,7 @@ def test_generator_api_matches_whole_clip(pipe):
 
 
 def test_one_denoising_step_and_strength(pipe):
-    frames = _video(9, seed=2)
+    frames = random_video(9, seed=2)
     out1 = pipe(frames, "x", **{**SETTINGS, "t_index_list": (35,)})
     assert out1.shape == frames.shape
     out_s = pipe(frames, "x", width=64, height=64, strength=0.6, num_inference_steps=4, seed=1)
@@ -60,7 +45,7 @@ def test_one_denoising_step_and_strength(pipe):
 
 
 def test_depth_sources(pipe):
-    frames = _video(9, seed=3)
+    frames = random_video(9, seed=3)
     base = pipe(frames, "x", **SETTINGS)
     flat = torch.linspace(0, 1, 80).expand(9, 48, 80)
     supplied = pipe(frames, "x", depth_maps=flat, **SETTINGS)
@@ -79,7 +64,7 @@ def test_depth_sources(pipe):
 
 
 def test_bad_input(pipe):
-    frames = _video(9)
+    frames = random_video(9)
     with pytest.raises(ValueError, match="multiple of 64.*use 64 or 128"):
         pipe(frames, "x", **{**SETTINGS, "width": 100})
     with pytest.raises(ValueError, match="at least 8 frames"):
@@ -94,14 +79,13 @@ def test_bad_input(pipe):
         pipe(frames.permute(0, 3, 1, 2), "x", **SETTINGS)
     with pytest.raises(ValueError, match="fewer than the 8"):
         list(pipe.stream(iter(frames[:3]), "x", **SETTINGS))
-    tok, text = tiny_text_encoder()
-    no_estimator = Live2DiffPipeline(pipe.unet, pipe.vae, tok, text, None)
+    no_estimator = Live2DiffPipeline(pipe.unet, pipe.vae, pipe.tokenizer, pipe.text_encoder, None)
     with pytest.raises(ValueError, match="no depth estimator"):
         no_estimator(frames, "x", **SETTINGS)
 
 
 def test_similar_frame_filter_skips_without_advancing_the_cache(pipe):
-    frames = _video(9, seed=4)
+    frames = random_video(9, seed=4)
     pipe.start(prompt="x", similar_filter=True, similar_max_skip=2, **SETTINGS)
     warm = pipe.warmup(frames[:8])
     calls = pipe._stream.engine.cache.calls
@@ -113,7 +97,7 @@ def test_similar_frame_filter_skips_without_advancing_the_cache(pipe):
 
 
 def test_prompt_embeds_equal_prompt(pipe):
-    frames = _video(9, seed=5)
+    frames = random_video(9, seed=5)
     a = pipe(frames, "a red fox", **SETTINGS)
     b = pipe(frames, prompt_embeds=pipe.encode_prompt("a red fox"), **SETTINGS)
     assert torch.equal(a, b)
@@ -125,9 +109,7 @@ def test_prompt_embeds_equal_prompt(pipe):
 def test_check_interrupt_stops_within_one_denoising_step(pipe, stop):
     """strength 1.0 with 4 steps: a 4-step warm-up over 8 frames, then 3 streamed frames and 3 drain calls (10 UNet
     calls). Cancel stops before the next UNet call, and the next run equals one that was never interrupted."""
-    from test_engine import Stop, counting_unet_calls, stop_at
-
-    frames = _video(11, seed=5)
+    frames = random_video(11, seed=5)
     settings = dict(width=64, height=64, strength=1.0, num_inference_steps=4, seed=3)
     with counting_unet_calls(pipe.unet) as calls:
         reference = pipe(frames, "a cat", **settings)

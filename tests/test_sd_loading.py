@@ -1,8 +1,8 @@
 """SD1.5 base loading (diffusers folder / single-file LDM checkpoint), prompt encoding, TAESD and KL VAE.
 
 Tiny random models with fixed seeds are built and saved in the real on-disk formats at test time. The single-file
-LDM checkpoint is written with a diffusers->LDM renaming defined here (diffusers ships only the LDM->diffusers
-direction); the test first checks that diffusers' own converters map it back one-to-one.
+LDM checkpoint is written with the test-side diffusers->LDM renaming of tests/tiny.py (diffusers ships only the
+LDM->diffusers direction); the test first checks that diffusers' own converters map it back one-to-one.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 from safetensors.torch import save_file
+from tiny import TINY_KL_VAE_CONFIG as TINY_VAE, bare_text_keys, state_dict_of, taesd_original_state_dicts, to_ldm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from live2diff_core import sd_checkpoint as sdc
@@ -35,18 +36,6 @@ TINY_UNET = dict(
     attention_head_dim=8,
     norm_num_groups=8,
 )
-TINY_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    block_out_channels=[8, 8, 16, 16],
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    layers_per_block=2,
-    latent_channels=4,
-    norm_num_groups=4,
-    sample_size=32,
-    scaling_factor=0.18215,
-)
 TINY_TEXT = dict(
     vocab_size=49408,
     hidden_size=32,
@@ -60,111 +49,6 @@ TINY_TEXT = dict(
     pad_token_id=1,
     projection_dim=32,
 )
-
-
-# --------------------------------------------------------------------------- diffusers -> LDM names (test-side writer)
-_RESNET_TO_LDM = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "time_emb_proj": "emb_layers.1",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "conv_shortcut": "skip_connection",
-}
-
-
-def unet_key_to_ldm(key: str, config: dict) -> str:
-    per = config["layers_per_block"] + 1
-    head, _, tail = key.partition(".")
-    simple = {
-        "time_embedding": {"linear_1": "time_embed.0", "linear_2": "time_embed.2"},
-        "conv_in": "input_blocks.0.0",
-        "conv_norm_out": "out.0",
-        "conv_out": "out.2",
-    }
-    if head == "time_embedding":
-        layer, _, rest = tail.partition(".")
-        return f"{simple[head][layer]}.{rest}"
-    if head in simple:
-        return f"{simple[head]}.{tail}"
-    p = key.split(".")
-    if head == "down_blocks":
-        b, kind = int(p[1]), p[2]
-        if kind == "downsamplers":  # down_blocks.b.downsamplers.0.conv.w
-            return f"input_blocks.{(b + 1) * per}.0.op.{p[-1]}"
-        idx, rest = 1 + b * per + int(p[3]), ".".join(p[4:])
-        if kind == "resnets":
-            return f"input_blocks.{idx}.0.{_RESNET_TO_LDM[p[4]]}.{'.'.join(p[5:])}"
-        return f"input_blocks.{idx}.1.{rest}"
-    if head == "mid_block":
-        kind, i = p[1], int(p[2])
-        if kind == "resnets":
-            return f"middle_block.{2 * i}.{_RESNET_TO_LDM[p[3]]}.{'.'.join(p[4:])}"
-        return f"middle_block.1.{'.'.join(p[3:])}"
-    if head == "up_blocks":
-        b, kind = int(p[1]), p[2]
-        if kind == "upsamplers":
-            has_attn = "CrossAttn" in config["up_block_types"][b]
-            return f"output_blocks.{b * per + per - 1}.{2 if has_attn else 1}.conv.{p[-1]}"
-        idx = b * per + int(p[3])
-        if kind == "resnets":
-            return f"output_blocks.{idx}.0.{_RESNET_TO_LDM[p[4]]}.{'.'.join(p[5:])}"
-        return f"output_blocks.{idx}.1.{'.'.join(p[4:])}"
-    raise KeyError(key)
-
-
-_VAE_ATTN_TO_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-
-
-def vae_key_to_ldm(key: str, config: dict) -> str:
-    n = len(config["block_out_channels"])
-    for a, b in (("conv_norm_out", "norm_out"),):
-        key = key.replace(a, b)
-    p = key.split(".")
-    if p[0] in ("quant_conv", "post_quant_conv") or p[1] in ("conv_in", "conv_out", "norm_out"):
-        return key
-    side = p[0]
-    if p[1] == "mid_block":
-        if p[2] == "resnets":
-            rest = ".".join(p[4:]).replace("conv_shortcut", "nin_shortcut")
-            return f"{side}.mid.block_{int(p[3]) + 1}.{rest}"
-        sub = ".".join(p[4:-1])
-        return f"{side}.mid.attn_1.{_VAE_ATTN_TO_LDM[sub]}.{p[-1]}"
-    block = int(p[2])
-    ldm_block = block if side == "encoder" else n - 1 - block
-    if p[1] == "down_blocks" and p[3] == "downsamplers":
-        return f"encoder.down.{ldm_block}.downsample.conv.{p[-1]}"
-    if p[1] == "up_blocks" and p[3] == "upsamplers":
-        return f"decoder.up.{ldm_block}.upsample.conv.{p[-1]}"
-    rest = ".".join(p[5:]).replace("conv_shortcut", "nin_shortcut")
-    return f"{side}.{'down' if side == 'encoder' else 'up'}.{ldm_block}.block.{p[4]}.{rest}"
-
-
-def to_ldm(unet_sd, vae_sd, text_sd, *, text_layout: str) -> dict[str, torch.Tensor]:
-    out = {"model.diffusion_model." + unet_key_to_ldm(k, TINY_UNET): v for k, v in unet_sd.items()}
-    for k, v in vae_sd.items():
-        if ".mid_block.attentions." in k and k.endswith("weight") and v.ndim == 2:
-            v = v[:, :, None, None]  # LDM keeps the VAE attention projections as 1x1 convs
-        out["first_stage_model." + vae_key_to_ldm(k, TINY_VAE)] = v
-    for k, v in text_sd.items():
-        bare = k.removeprefix("text_model.")
-        name = f"text_model.{bare}" if text_layout == "t4" else bare
-        out["cond_stage_model.transformer." + name] = v
-    if text_layout == "t4":  # old checkpoints saved the position_ids buffer
-        out["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
-    # things that must be ignored: EMA copies and other top-level entries
-    out["model_ema.decay"] = torch.tensor(0.9999)
-    out["model_ema.diffusion_modelconv_inweight"] = torch.zeros(3)
-    out["alphas_cumprod"] = torch.linspace(1, 0, 10)
-    return {k: v.contiguous() for k, v in out.items()}
-
-
-def _sd(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items() if not k.endswith("position_ids")}
-
-
-def _bare(sd: dict) -> dict:
-    return {k.removeprefix("text_model."): v for k, v in sd.items() if not k.endswith("position_ids")}
 
 
 def _assert_same(a: dict, b: dict) -> None:
@@ -189,13 +73,15 @@ def tiny(tmp_path_factory):
     tok.mkdir()
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(CONFIGS / "sd15" / "tokenizer" / name, tok / name)
-    ref = {"unet": _sd(unet), "vae": _sd(vae), "text": _bare(_sd(text))}
+    ref = {"unet": state_dict_of(unet), "vae": state_dict_of(vae), "text": bare_text_keys(state_dict_of(text))}
     files = {}
     for layout in ("t4", "t5"):
         files[layout] = root / f"single_{layout}.safetensors"
-        save_file(to_ldm(ref["unet"], ref["vae"], ref["text"], text_layout=layout), str(files[layout]))
+        save_file(to_ldm(ref["unet"], ref["vae"], ref["text"], text_layout=layout, unet_config=TINY_UNET),
+                  str(files[layout]))
     files["ckpt"] = root / "single.ckpt"
-    torch.save({"state_dict": to_ldm(ref["unet"], ref["vae"], ref["text"], text_layout="t4"), "global_step": 7},
+    torch.save({"state_dict": to_ldm(ref["unet"], ref["vae"], ref["text"], text_layout="t4", unet_config=TINY_UNET),
+                "global_step": 7},
                files["ckpt"])
     return {"root": root, "folder": folder, "files": files, "ref": ref}
 
@@ -203,7 +89,7 @@ def tiny(tmp_path_factory):
 # ------------------------------------------------------------------------------------ (a) formats load identically
 def test_test_side_ldm_writer_is_inverse_of_diffusers_converters(tiny):
     ref = tiny["ref"]
-    ldm = to_ldm(ref["unet"], ref["vae"], ref["text"], text_layout="t5")
+    ldm = to_ldm(ref["unet"], ref["vae"], ref["text"], text_layout="t5", unet_config=TINY_UNET)
     unet_ldm = {k: v for k, v in ldm.items() if k.startswith("model.diffusion_model.")}
     assert len(unet_ldm) == len(ref["unet"])  # injective renaming
     _assert_same(convert_ldm_unet_checkpoint(unet_ldm, TINY_UNET), ref["unet"])
@@ -225,13 +111,13 @@ def test_single_file_equals_diffusers_folder(tiny, fmt):
     vae_folder = sdc.load_sd_vae(folder)
     vae_file = sdc.load_sd_vae(file, config=TINY_VAE)
     assert isinstance(vae_file, AutoencoderKL) and not vae_file.training
-    _assert_same(_sd(vae_folder), ref["vae"])
-    _assert_same(_sd(vae_file), _sd(vae_folder))
+    _assert_same(state_dict_of(vae_folder), ref["vae"])
+    _assert_same(state_dict_of(vae_file), state_dict_of(vae_folder))
 
     tok_f, te_folder = sdc.load_text_encoder(folder)
     tok_s, te_file = sdc.load_text_encoder(file, text_config=TINY_TEXT)
-    _assert_same(_bare(_sd(te_folder)), ref["text"])
-    _assert_same(_sd(te_file), _sd(te_folder))
+    _assert_same(bare_text_keys(state_dict_of(te_folder)), ref["text"])
+    _assert_same(state_dict_of(te_file), state_dict_of(te_folder))
     assert not any(p.is_meta for p in te_file.state_dict().values())
     ids = tok_s(["a photo of a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
     assert tok_f(["a photo of a cat"]).input_ids[0] == ids[0, :7].tolist()
@@ -249,14 +135,14 @@ def test_folder_variants(tiny, tmp_path):
     assert sdc.resolve_unet_config(folder, CONFIGS / "sd15" / "unet")["block_out_channels"] == [320, 640, 1280, 1280]
     assert sdc.resolve_unet_config(tiny["files"]["t5"])["cross_attention_dim"] == 768
     # standalone vae folder and a standalone diffusers-named VAE file
-    _assert_same(_sd(sdc.load_sd_vae(folder / "vae")), ref["vae"])
+    _assert_same(state_dict_of(sdc.load_sd_vae(folder / "vae")), ref["vae"])
     # standalone LDM-named VAE file (no first_stage_model. prefix, as vae-ft-mse-840000 ships)
-    ldm = to_ldm(ref["unet"], ref["vae"], ref["text"], text_layout="t5")
+    ldm = to_ldm(ref["unet"], ref["vae"], ref["text"], text_layout="t5", unet_config=TINY_UNET)
     bare_vae = {k.removeprefix("first_stage_model."): v for k, v in ldm.items() if k.startswith("first_stage_model.")}
     save_file(bare_vae, str(tmp_path / "vae_ldm.safetensors"))
-    _assert_same(_sd(sdc.load_sd_vae(tmp_path / "vae_ldm.safetensors", config=TINY_VAE)), ref["vae"])
+    _assert_same(state_dict_of(sdc.load_sd_vae(tmp_path / "vae_ldm.safetensors", config=TINY_VAE)), ref["vae"])
     save_file(ref["vae"], str(tmp_path / "vae_diffusers.safetensors"))
-    _assert_same(_sd(sdc.load_sd_vae(tmp_path / "vae_diffusers.safetensors", config=TINY_VAE)), ref["vae"])
+    _assert_same(state_dict_of(sdc.load_sd_vae(tmp_path / "vae_diffusers.safetensors", config=TINY_VAE)), ref["vae"])
     # text encoder folder saved by transformers 4 (text_model.-prefixed keys + persistent position_ids), .bin weights
     pipe4 = tmp_path / "pipe4"
     shutil.copytree(folder, pipe4)
@@ -266,7 +152,7 @@ def test_folder_variants(tiny, tmp_path):
     torch.save(t4, pipe4 / "text_encoder" / "pytorch_model.bin")
     _, te = sdc.load_text_encoder(pipe4, dtype=torch.float16)
     assert next(te.parameters()).dtype == torch.float16
-    _assert_same(_bare(_sd(te)), {k: v.half() for k, v in ref["text"].items()})
+    _assert_same(bare_text_keys(state_dict_of(te)), {k: v.half() for k, v in ref["text"].items()})
 
 
 # --------------------------------------------------------------------------------------------- (b) error messages
@@ -282,7 +168,7 @@ def test_wrong_and_truncated_files(tiny, tmp_path):
 
     # an SD-like file with one tensor missing, one extra and one of the wrong shape
     ref = tiny["ref"]
-    ldm = to_ldm(ref["unet"], ref["vae"], ref["text"], text_layout="t5")
+    ldm = to_ldm(ref["unet"], ref["vae"], ref["text"], text_layout="t5", unet_config=TINY_UNET)
     ldm.pop("model.diffusion_model.out.2.bias")
     ldm["model.diffusion_model.input_blocks.99.0.weight"] = torch.zeros(1)
     ldm["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(32, 9, 3, 3)
@@ -399,8 +285,7 @@ def test_taesd_layouts_identical(tmp_path):
     tae = AutoencoderTiny.from_config(AutoencoderTiny.load_config(CONFIGS / "taesd"))
     tae.save_pretrained(tmp_path / "taesd_diffusers")
     sd = tae.state_dict()
-    enc = {k.removeprefix("encoder.layers."): v for k, v in sd.items() if k.startswith("encoder.")}
-    dec = {f"{int(k.split('.')[2]) + 1}.{k.split('.', 3)[3]}": v for k, v in sd.items() if k.startswith("decoder.")}
+    enc, dec = taesd_original_state_dicts(tae)  # the writer of every test's vae_approx files
     # the original TAESD modules accept exactly these files (strict), and the mapping is a key/shape bijection
     ref_enc, ref_dec = _taesd_reference()
     ref_enc.load_state_dict(enc, strict=True)

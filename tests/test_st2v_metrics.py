@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from st2v_tiny import clip_tokenizer
+from st2v_tiny import clip_tokenizer, tiny_clip_model
 
 from streaming_t2v_core import metrics as M
 
@@ -155,21 +155,6 @@ def test_scene_cuts_finds_hard_cut_and_none_in_smooth_clip():
 # --------------------------------------------------------------------------------------------------------
 # CLIP score
 # --------------------------------------------------------------------------------------------------------
-
-
-def tiny_clip_model(seed: int = 0):
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(seed)
-    cfg = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                         vocab_size=49408, max_position_embeddings=77, bos_token_id=49406,
-                         eos_token_id=49407, pad_token_id=49407),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )
-    return CLIPModel(cfg).eval()
 
 
 def test_clip_score_tiny_model_deterministic(tmp_path):

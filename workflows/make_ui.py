@@ -124,7 +124,7 @@ _L2D_FILES = (
 
 #: the note beside each workflow (a frontend-only MarkdownNote node: not part of the API twin)
 NOTES = {
-    "live2diff_live": (
+    "Live2Diff-Live-Stream": (
         "## Live2Diff live stream\n\n"
         "Stylises a camera or a video file live with Live2Diff (SD1.5 + uni-directional video attention, depth "
         "prior, LCM-LoRA, 2 denoising steps) and shows the result on the *Live Stream* node with frames/s and "
@@ -134,15 +134,15 @@ NOTES = {
         "Type a prompt there and press Enter to change it while it streams. **Stop** ends the run.\n\n"
         "The first 8 frames of a session are its warm-up and come back unchanged.\n\n"
         + _L2D_FILES + " Headless: `examples/live_client.py`."),
-    "live2diff_webcam": (
+    "Live2Diff-Webcam-Per-Frame": (
         "## Live2Diff webcam, one queue run per frame\n\n"
         "Each run captures one 512x512 frame with core *Webcam Capture*, passes it through the Live2Diff session "
         "`webcam` and shows the stylised frame in *Preview Image*.\n\n"
         "**Run:** switch the Run button to **Run (Instant)** and press it: it queues the next run as soon as one "
         "ends. The first 8 frames of a session are its warm-up and come back unchanged; after that each output is "
-        "the frame from one step earlier, stylised. For interactive frame rates use *live2diff_live*.\n\n"
+        "the frame from one step earlier, stylised. For interactive frame rates use *Live2Diff-Live-Stream*.\n\n"
         + _L2D_FILES),
-    "live2diff_video_to_video": (
+    "Live2Diff-Video-to-Video": (
         "## Live2Diff video to video\n\n"
         "Restyles a whole clip frame by frame with Live2Diff (the streaming model run over a file) and saves it "
         "as a video.\n\n"
@@ -150,7 +150,7 @@ NOTES = {
         "**Run**. Width/height are the working size (multiples of 64); the output is resized back to the clip's "
         "size. The first 8 frames are the warm-up and come back unchanged.\n\n"
         + _L2D_FILES),
-    "streaming_t2v_long_video": (
+    "StreamingT2V-Long-Video": (
         "## StreamingT2V long video\n\n"
         "Text to a long video: a 16-frame first chunk, extended 8 frames at a time to *num_frames* (short-term "
         "memory: the previous chunk; long-term memory: the first frame), refined to 1280x720 in overlapping chunks "
@@ -159,7 +159,7 @@ NOTES = {
         "It takes long at the shipped 240 frames: try a small *num_frames* first.\n\n"
         + _how_to_get("all StreamingT2V files", "streamingt2v")
         + " These are model folders and a converted checkpoint, which the missing-models dialog cannot fetch."),
-    "video_metrics": (
+    "StreamingT2V-Video-Metrics": (
         "## Video metrics\n\n"
         "Scores a clip: MAWE (motion-aware warp error, lower is better), scene cuts (frame indices) and the CLIP "
         "text-image score. The numbers show on the metric nodes and are also outputs for other nodes.\n\n"
@@ -174,30 +174,30 @@ NOTE = "note"
 #: column and the outputs stand at the top of theirs: the frontend's minimap (shown by default, bottom right) then
 #: covers only the empty lower part of the note. Colours are LiteGraph's (``LGraphCanvas.node_colors``).
 LAYOUTS = {
-    "live2diff_live": [
+    "Live2Diff-Live-Stream": [
         (340, [("1 · Models", "pale_blue", ["1"]), ("2 · Prompt", "green", ["2"])]),
         (440, [("3 · Live stream (output)", "purple", ["3"])]),
         (380, [NOTE]),
     ],
-    "live2diff_webcam": [
+    "Live2Diff-Webcam-Per-Frame": [
         (340, [("1 · Models", "pale_blue", ["1"]), ("2 · Prompt", "green", ["2"])]),
         (300, [("3 · Camera", "yellow", ["3"]), ("4 · Stream step", "purple", ["4"])]),
         (320, [("5 · Output", "cyan", ["5"])]),
         (360, [NOTE]),
     ],
-    "live2diff_video_to_video": [
+    "Live2Diff-Video-to-Video": [
         (340, [("1 · Models", "pale_blue", ["1"]), ("2 · Prompt", "green", ["2"])]),
         (300, [("3 · Input video", "yellow", ["3", "4"]), ("4 · Generate", "purple", ["5"])]),
         (320, [("5 · Output", "cyan", ["6", "7"])]),
         (360, [NOTE]),
     ],
-    "streaming_t2v_long_video": [
+    "StreamingT2V-Long-Video": [
         (320, [("1 · Models", "pale_blue", ["1", "4"]), ("2 · First chunk", "green", ["2"])]),
         (340, [("3 · Extend", "purple", ["3"])]),
         (340, [("4 · Refine to 1280x720", "purple", ["5"]), ("5 · Output", "cyan", ["6"])]),
         (360, [NOTE]),
     ],
-    "video_metrics": [
+    "StreamingT2V-Video-Metrics": [
         (320, [("1 · Input video", "yellow", ["1", "2"])]),
         (400, [("2 · Metrics (results show on the nodes)", "cyan", ["3", "4", "5"])]),
         (360, [NOTE]),

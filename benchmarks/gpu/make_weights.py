@@ -21,6 +21,9 @@ Parts (``--parts``):
     <out>/st2v/streaming_t2v.safetensors   official checkpoint names (base_model. / unet. / resampler.)
     <out>/st2v/unet_config.json            the UNet3DConditionModel config both sides build from
 
+The tiny stand-ins are the test suite's (``tests/tiny.py``, ``tests/st2v_tiny.py``: the same configs and tokenizer
+layout); this script puts ``tests/`` on ``sys.path`` for them and stays runnable on its own.
+
 A part whose ``<out>/<part>.done`` marker exists (for the same ``--size``) is skipped (``--force`` rebuilds). Writes ``<out>/<part>.json``
 (sizes, parameter counts, seconds).
 
@@ -40,6 +43,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+TESTS = REPO / "tests"
 sys.path.insert(0, str(REPO / "benchmarks"))
 from common import import_package  # noqa: E402  (the cores by path, as every benchmark script imports them)
 
@@ -48,20 +52,26 @@ ST2V_UNET_CONFIG = REPO / "streaming_t2v_core" / "configs" / "modelscope" / "une
 
 SEED = 1234
 
-# tiny stand-ins (CPU dry run): same block structure as the real models
-TINY_SD_UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 64, 64, 64],
-                    down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-                    up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, layers_per_block=2,
-                    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
+# tiny stand-ins (CPU dry run): same block structure as the real models. The UNets are the test suite's
+# (tests/tiny.py TINY_UNET_CONFIG, tests/st2v_tiny.py TINY_ST2V_UNET_CONFIG; see _tests_module); the text encoder
+# and the VAE here are smaller/larger variants of their own.
 TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=4, num_attention_heads=4,
                  vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=32)
 TINY_VAE = dict(block_out_channels=[32, 32, 32, 32], layers_per_block=1, latent_channels=4, norm_num_groups=32,
                 down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                 scaling_factor=0.18215)
-TINY_ST2V_UNET = dict(in_channels=4, out_channels=4, block_out_channels=[64, 128],
-                      down_block_types=["CrossAttnDownBlock3D", "DownBlock3D"],
-                      up_block_types=["UpBlock3D", "CrossAttnUpBlock3D"], layers_per_block=2,
-                      cross_attention_dim=1024, attention_head_dim=64, norm_num_groups=32, sample_size=8)
+
+
+def _tests_module(name: str):
+    """A factory module of the test suite (``tests/tiny.py``, ``tests/st2v_tiny.py``), imported with ``tests/`` on
+    ``sys.path`` (the cores are imported by path first, as the tests' conftest does)."""
+    import importlib
+
+    for core in ("live2diff_core", "streaming_t2v_core"):
+        import_package(core)
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    return importlib.import_module(name)
 
 
 def _cpu(sd: dict, dtype: torch.dtype) -> dict:
@@ -94,6 +104,10 @@ def make_l2d(out: Path, size: str, device: str, dtype: torch.dtype) -> dict:
     from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from live2diff_core.loader import motion_keys
+
+    tiny = _tests_module("tiny")
+
     root = out / "l2d"
     sd15 = root / "sd15"
     info: dict = {"size": size}
@@ -103,7 +117,7 @@ def make_l2d(out: Path, size: str, device: str, dtype: torch.dtype) -> dict:
         text_cfg = json.loads((L2D_CONFIGS / "sd15" / "text_encoder" / "config.json").read_text())
         vae_cfg = json.loads((L2D_CONFIGS / "sd15" / "vae" / "config.json").read_text())
     else:
-        unet_cfg, vae_cfg = dict(TINY_SD_UNET), dict(TINY_VAE)
+        unet_cfg, vae_cfg = dict(tiny.TINY_UNET_CONFIG), dict(TINY_VAE)
         text_cfg = dict(TINY_TEXT, architectures=["CLIPTextModel"], model_type="clip_text_model",
                         bos_token_id=0, eos_token_id=2, pad_token_id=1)
     unet_cfg = {k: v for k, v in unet_cfg.items() if not k.startswith("_")}
@@ -114,9 +128,9 @@ def make_l2d(out: Path, size: str, device: str, dtype: torch.dtype) -> dict:
     with torch.device(device), torch.no_grad():
         video = core.VideoUNet(UNet2DConditionModel.from_config(unet_cfg))
     state = video.state_dict()
-    is_motion = (lambda k: ".motion_modules." in k or k.startswith("flow_conv_in."))
-    spatial = {k: v for k, v in state.items() if not is_motion(k)}
-    motion = {k: v for k, v in state.items() if is_motion(k)}
+    motion_names = motion_keys(video)  # motion modules + flow_conv_in (the official live2diff.ckpt names)
+    spatial = {k: v for k, v in state.items() if k not in motion_names}
+    motion = {k: v for k, v in state.items() if k in motion_names}
     _write_config(sd15 / "unet", unet_cfg, "UNet2DConditionModel")
     _save_safetensors(_cpu(spatial, dtype), sd15 / "unet" / "diffusion_pytorch_model.safetensors")
     motion_cpu = _cpu(motion, dtype)
@@ -136,10 +150,7 @@ def make_l2d(out: Path, size: str, device: str, dtype: torch.dtype) -> dict:
     info["text_encoder_params"] = sum(v.numel() for v in tsd.values())
     del text, tsd
 
-    tok = sd15 / "tokenizer"
-    tok.mkdir(parents=True, exist_ok=True)
-    for f in ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"):
-        shutil.copy(L2D_CONFIGS / "sd15" / "tokenizer" / f, tok / f)
+    tiny.copy_tokenizer(sd15 / "tokenizer")
     sched = L2D_CONFIGS / "sd15" / "scheduler" / "scheduler_config.json"
     if sched.is_file():
         (sd15 / "scheduler").mkdir(exist_ok=True)
@@ -192,7 +203,10 @@ def make_st2v(out: Path, size: str, device: str, dtype: torch.dtype) -> dict:
 
     root = out / "st2v"
     root.mkdir(parents=True, exist_ok=True)
-    cfg = json.loads(ST2V_UNET_CONFIG.read_text()) if size == "real" else dict(TINY_ST2V_UNET)
+    if size == "real":
+        cfg = json.loads(ST2V_UNET_CONFIG.read_text())
+    else:
+        cfg = dict(_tests_module("st2v_tiny").TINY_ST2V_UNET_CONFIG, sample_size=8)
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     _write_config(root, cfg, "UNet3DConditionModel")
     (root / "config.json").rename(root / "unet_config.json")

@@ -40,7 +40,7 @@ def open_page(url: str, chromium: str = CHROMIUM):
 def load_workflow(page, ui: dict, values: dict[str, dict]) -> None:
     """Load a UI workflow, set widget values per node type, and bring the live node into view at zoom 1."""
     page.evaluate("""async ([wf, values]) => {
-        await window.app.loadGraphData(wf);
+        await window.app.loadGraphData(wf, true, true, null, {showMissingModelsDialog: false});  // tiny models
         for (const node of window.app.graph._nodes)
             for (const [name, value] of Object.entries(values[node.type] || {}))
                 node.widgets.find(w => w.name === name).value = value;

@@ -9,8 +9,7 @@ import time
 import pytest
 
 from client import Graph
-from test_live2diff_nodes import _loader as l2d_loader, _session
-from test_streaming_t2v_nodes import _loader as st2v_loader
+from graphs import l2d_loader, st2v_loader, stream_session
 
 CANCEL_WITHIN_S = 2.0
 
@@ -48,10 +47,10 @@ def test_cancel_stops_a_live2diff_warm_up_within_one_step(comfy, comfy_models):
     assert isinstance(pid, str), pid
     # frames 1..7 are only collected (one progress message each); the 8th starts the warm-up: Cancel in its middle
     _assert_cancel_is_quick(comfy, pid, step.id, after=7, settle=0.5)
-    session = _session(comfy, "cancel")
+    session = stream_session(comfy, "cancel")
     assert session is None or (session["frames_seen"], session["warm"]) == (0, False)  # as before the run
     comfy.run(prompt, timeout=300)
-    session = _session(comfy, "cancel")
+    session = stream_session(comfy, "cancel")
     assert (session["frames_seen"], session["warm"]) == (8, True)
 
 

@@ -1,5 +1,5 @@
 """The live node's widget (``web/live2diff_live.js``) in ComfyUI's real frontend: headless Chromium, its fake
-camera as the source, ``workflows/live2diff_live.json`` with the tiny models. Start queues the workflow and streams,
+camera as the source, ``workflows/Live2Diff-Live-Stream.json`` with the tiny models. Start queues the workflow and streams,
 results are drawn, a prompt change goes on without a new warm-up, Stop ends the run. Prints the page's frames/s."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.browser
 
-WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "live2diff_live.json"
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "Live2Diff-Live-Stream.json"
 TAESD = "taesd (vae_approx/taesd_encoder + taesd_decoder)"
 
 

@@ -1,4 +1,4 @@
-"""The live path through the real server (issue 10): ``workflows/api/live2diff_live.json`` queued once, frames over
+"""The live path through the real server (issue 10): ``workflows/api/Live2Diff-Live-Stream.json`` queued once, frames over
 the websocket ``/stream_video/live``. Results are compared with the core's LiveSession on the same files, run in
 this process (raw RGB8 frames both ways, so the only difference allowed is the 8-bit rounding of the result)."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "examples"))
 import live_client  # noqa: E402
 
-WORKFLOW = REPO / "workflows" / "api" / "live2diff_live.json"
+WORKFLOW = REPO / "workflows" / "api" / "Live2Diff-Live-Stream.json"
 TAESD = "taesd (vae_approx/taesd_encoder + taesd_decoder)"
 SIZE = dict(width=64, height=64)
 

@@ -163,7 +163,7 @@ PREVIEW_WIDGET = "$$node-text-preview"  # the frontend's progress-text widget
 
 
 def _metrics_prompt(comfy, comfy_models) -> dict:
-    prompt = override(load_api_workflow(WORKFLOWS / "video_metrics.json"), {
+    prompt = override(load_api_workflow(WORKFLOWS / "StreamingT2V-Video-Metrics.json"), {
         "LoadVideo": dict(file=_two_shot_clip(comfy, "metrics_browser.mp4")),
         "ST2V_SceneCuts": dict(min_scene_len=5),
         "ST2V_CLIPScore": dict(clip_model=f"text_encoders/{comfy_models.clip_model}"),

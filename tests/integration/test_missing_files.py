@@ -23,7 +23,7 @@ def _loader_errors(comfy, workflow: str, loader_type: str, **overrides) -> tuple
 
 
 def test_live2diff_workflow_names_every_missing_file_at_once(comfy):
-    loader, errors, _ = _loader_errors(comfy, "live2diff_video_to_video.json", "L2D_LoadModel")
+    loader, errors, _ = _loader_errors(comfy, "Live2Diff-Video-to-Video.json", "L2D_LoadModel")
     assert len(errors) == 1, errors  # one message, not one per input and not one per run
     text = errors[0]["details"]
     for line in ("- models/checkpoints/v1-5-pruned-emaonly.safetensors", "- models/live2diff/dpt_hybrid_384.pt",
@@ -39,18 +39,18 @@ def test_a_saved_workflow_with_the_old_checkpoint_value_still_validates(comfy, c
     """Before the missing-models dialog, single-file bases were listed as ``checkpoints/<name>``."""
     m = comfy_models
     _, errors, _ = _loader_errors(
-        comfy, "live2diff_video_to_video.json", "L2D_LoadModel",
+        comfy, "Live2Diff-Video-to-Video.json", "L2D_LoadModel",
         L2D_LoadModel=dict(base=f"checkpoints/{m.checkpoint}", motion=m.motion, depth_model=f"{m.depth}/",
                            lcm_lora=m.lcm_lora))
     assert errors == []
-    _, errors, _ = _loader_errors(comfy, "live2diff_video_to_video.json", "L2D_LoadModel",
+    _, errors, _ = _loader_errors(comfy, "Live2Diff-Video-to-Video.json", "L2D_LoadModel",
                                   L2D_LoadModel=dict(base="checkpoints/gone.safetensors", motion=m.motion,
                                                      depth_model=f"{m.depth}/", lcm_lora=m.lcm_lora))
     assert "- models/checkpoints/gone.safetensors: not in the download catalog" in errors[0]["details"]
 
 
 def test_streaming_t2v_workflow_names_every_missing_file_at_once(comfy):
-    loader, errors, all_errors = _loader_errors(comfy, "streaming_t2v_long_video.json", "ST2V_LoadModel")
+    loader, errors, all_errors = _loader_errors(comfy, "StreamingT2V-Long-Video.json", "ST2V_LoadModel")
     text = errors[0]["details"]
     for line in ("- models/diffusers/text-to-video-ms-1.7b", "- models/streamingt2v/streaming_t2v.base.safetensors",
                  "- models/streamingt2v/streaming_t2v.image_encoder.safetensors"):

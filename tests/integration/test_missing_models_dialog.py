@@ -34,11 +34,11 @@ LIVE2DIFF = {
 #: what the dialog lists per workflow, label -> download button or the start of the error shown instead;
 #: {} = no dialog (model folders and the converted StreamingT2V checkpoint have no single-file URL)
 EXPECTED = {
-    "live2diff_live": LIVE2DIFF,
-    "live2diff_video_to_video": LIVE2DIFF,
-    "live2diff_webcam": LIVE2DIFF,
-    "streaming_t2v_long_video": {},
-    "video_metrics": {},
+    "Live2Diff-Live-Stream": LIVE2DIFF,
+    "Live2Diff-Video-to-Video": LIVE2DIFF,
+    "Live2Diff-Webcam-Per-Frame": LIVE2DIFF,
+    "StreamingT2V-Long-Video": {},
+    "StreamingT2V-Video-Metrics": {},
 }
 
 _ROWS_JS = """() => [...document.querySelectorAll('.comfy-missing-models li')].map(li => {

@@ -7,8 +7,7 @@ import os
 import pytest
 
 from client import Graph
-
-TAESD = "taesd (vae_approx/taesd_encoder + taesd_decoder)"
+from graphs import l2d_loader, st2v_loader, stream_sessions
 ST2V_MODELS = pytest.mark.skipif(os.environ.get("COMFYUI_TINY_ST2V") == "0",
                                  reason="COMFYUI_TINY_ST2V=0: the StreamingT2V tiny models were not written")
 
@@ -28,8 +27,7 @@ def _nan_frames(g: Graph, frames: int, color: int = 0x336699):
 
 
 def _l2d(g: Graph, m, lora: str | None = None):
-    model = g.node("L2D_LoadModel", base=f"diffusers/{m.sd15_diffusers}", motion=m.motion, vae=TAESD,
-                   depth_model=f"{m.depth}/", lcm_lora=m.lcm_lora, dtype="auto")
+    model = g.node("L2D_LoadModel", **l2d_loader(m))
     if lora is not None:
         model = g.node("L2D_ApplyLoRA", model=model.out(0), lora=lora, strength=1.0, mode="standard")
     cond = g.node("L2D_EncodePrompt", model=model.out(0), text="a felted cat", clip_layer=10)
@@ -64,7 +62,7 @@ def test_nan_pixel_into_a_stream_step_fails_and_leaves_the_session_as_it_was(com
         return g.prompt()
 
     def session() -> dict:
-        return comfy.get("/stream_video/cache")["sessions"]["nan"]
+        return stream_sessions(comfy)["nan"]
 
     for frames, warm in ((3, False), (10, True)):  # while the warm-up frames are collected, then while streaming
         comfy.request("DELETE", "/stream_video/sessions")
@@ -100,8 +98,7 @@ def test_nan_lora_file_names_the_file(comfy, comfy_models):
 
 
 def _st2v(g: Graph, m):
-    return g.node("ST2V_LoadModel", modelscope=m.modelscope_diffusers, checkpoint=m.st2v_base,
-                  image_encoder=f"clip_vision/{m.clip_vision}", dtype="auto")
+    return g.node("ST2V_LoadModel", **st2v_loader(m))
 
 
 @ST2V_MODELS

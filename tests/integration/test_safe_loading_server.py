@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 from client import Graph
+from graphs import l2d_loader, st2v_loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import payloads  # noqa: E402
-
-TAESD = "taesd (vae_approx/taesd_encoder + taesd_decoder)"
 
 
 def _run_with_payload(comfy, folder: str, name: str, kind: str, graph) -> str:
@@ -39,8 +38,7 @@ def test_live2diff_motion_payload_is_refused(comfy, comfy_models, kind):
 
     def graph():
         g = Graph()
-        model = g.node("L2D_LoadModel", base=f"diffusers/{m.sd15_diffusers}", motion="payload_motion.ckpt",
-                       vae=TAESD, depth_model=f"{m.depth}/", lcm_lora=m.lcm_lora, dtype="auto")
+        model = g.node("L2D_LoadModel", **{**l2d_loader(m), "motion": "payload_motion.ckpt"})
         images = g.node("EmptyImage", width=64, height=64, batch_size=1, color=0)
         depth = g.node("L2D_EstimateDepth", model=model.out(0), images=images.out(0), invert=False)
         g.node("PreviewImage", images=depth.out(0))
@@ -59,10 +57,8 @@ def test_streaming_t2v_payload_is_refused(comfy, comfy_models, where):
 
     def graph():
         g = Graph()
-        model = g.node("ST2V_LoadModel", modelscope=m.modelscope_diffusers,
-                       checkpoint=name if where == "checkpoint" else m.st2v_base,
-                       image_encoder=f"clip_vision/{name}" if where == "image_encoder" else
-                       f"clip_vision/{m.clip_vision}", dtype="auto")
+        payload = {"checkpoint": name} if where == "checkpoint" else {"image_encoder": f"clip_vision/{name}"}
+        model = g.node("ST2V_LoadModel", **{**st2v_loader(m), **payload})
         first = g.node("ST2V_TextToVideo", model=model.out(0), prompt="a cat", negative_prompt="", seed=1, steps=1,
                        guidance=9.0, width=64, height=64)
         g.node("PreviewImage", images=first.out(0))

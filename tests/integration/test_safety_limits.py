@@ -6,18 +6,12 @@ from __future__ import annotations
 import pytest
 
 from client import Graph
-
-TAESD = "taesd (vae_approx/taesd_encoder + taesd_decoder)"
-
-
-def _loader(m) -> dict:
-    return dict(base=f"diffusers/{m.sd15_diffusers}", motion=m.motion, vae=TAESD, depth_model=f"{m.depth}/",
-                lcm_lora=m.lcm_lora, dtype="auto")
+from graphs import l2d_loader
 
 
 def _v2v(m, loader: dict | None = None, window: int | None = None, frames: int = 8, **stream):
     g = Graph()
-    loaded = model = g.node("L2D_LoadModel", **(loader or _loader(m)))
+    loaded = model = g.node("L2D_LoadModel", **(loader or l2d_loader(m)))
     if window is not None:
         model = g.node("L2D_CausalAttention", model=model.out(0), sinks=8, window=window)
     cond = g.node("L2D_EncodePrompt", model=model.out(0), text="a felted cat", clip_layer=10)
@@ -38,7 +32,7 @@ def _errors(body, node_id: str) -> list[dict]:
 @pytest.mark.parametrize("base", ["diffusers/../../x", "diffusers//abs/path", "checkpoints/../../x.safetensors",
                                   "diffusers/"])
 def test_model_names_outside_their_folders_are_http_400(comfy, comfy_models, base):
-    prompt, loader, _, _ = _v2v(comfy_models, loader={**_loader(comfy_models), "base": base})
+    prompt, loader, _, _ = _v2v(comfy_models, loader={**l2d_loader(comfy_models), "base": base})
     errors = _errors(comfy.queue(prompt), loader)
     assert len(errors) == 1  # once, not under every input
     assert f"base: {base!r} is not available; pick one of" in errors[0]["details"]
@@ -47,7 +41,7 @@ def test_model_names_outside_their_folders_are_http_400(comfy, comfy_models, bas
 
 def test_file_and_clip_folder_names_outside_their_folders_are_http_400(comfy, comfy_models):
     g = Graph()
-    model = g.node("L2D_LoadModel", **_loader(comfy_models))
+    model = g.node("L2D_LoadModel", **l2d_loader(comfy_models))
     styled = g.node("L2D_ApplyLoRA", model=model.out(0), lora="//etc/passwd", strength=1.0, mode="standard")
     images = g.node("EmptyImage", width=64, height=64, batch_size=1, color=0)
     depth = g.node("L2D_EstimateDepth", model=styled.out(0), images=images.out(0), invert=False)

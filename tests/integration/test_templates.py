@@ -28,7 +28,7 @@ def test_each_template_and_its_thumbnail_are_served(comfy, name):
         assert status == 200 and body[:3] == b"\xff\xd8\xff" and headers["Content-Type"] == "image/jpeg"
 
 
-@pytest.mark.parametrize("name", ["..%2F__init__.py", "api%2Flive2diff_live.json", ".hidden.json", "make_ui.py",
+@pytest.mark.parametrize("name", ["..%2F__init__.py", "api%2FLive2Diff-Live-Stream.json", ".hidden.json", "make_ui.py",
                                   "README.md", "nothing.json"])
 def test_nothing_else_is_served_from_the_pack(comfy, name):
     status, _, _ = comfy.request("GET", f"/api/workflow_templates/{comfy.server.pack_name}/{name}")

@@ -109,13 +109,13 @@ def test_groups_and_note(ui_file):
     note = _note(ui)
     assert note.startswith("## ") and "**Run:**" in note
     assert DOWNLOAD_NODE in note and "python -m live2diff_core download" in note
-    if ui_file.stem.startswith("live2diff"):
+    if ui_file.stem.lower().startswith("live2diff"):
         assert "all Live2Diff files" in note and "first 8 frames" in note
-    if ui_file.stem == "live2diff_live":
+    if ui_file.stem == "Live2Diff-Live-Stream":
         assert "not Run (Instant)" in note and "**Start**" in note and "**Stop**" in note
-    if ui_file.stem == "live2diff_webcam":
+    if ui_file.stem == "Live2Diff-Webcam-Per-Frame":
         assert "**Run (Instant)**" in note
-    if ui_file.stem == "streaming_t2v_long_video":
+    if ui_file.stem == "StreamingT2V-Long-Video":
         assert "all StreamingT2V files" in note
 
 

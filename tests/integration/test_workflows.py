@@ -27,15 +27,15 @@ def _clip(comfy, name: str, frames: int = 10) -> str:
 
 
 def test_every_api_workflow_is_covered():
-    # live2diff_live.json runs in test_live_stream.py (it needs a websocket client)
+    # Live2Diff-Live-Stream.json runs in test_live_stream.py (it needs a websocket client)
     assert sorted(p.name for p in WORKFLOWS.glob("*.json")) == [
-        "live2diff_live.json", "live2diff_video_to_video.json", "live2diff_webcam.json",
-        "streaming_t2v_long_video.json", "video_metrics.json"]
+        "Live2Diff-Live-Stream.json", "Live2Diff-Video-to-Video.json", "Live2Diff-Webcam-Per-Frame.json",
+        "StreamingT2V-Long-Video.json", "StreamingT2V-Video-Metrics.json"]
 
 
 def test_live2diff_webcam_workflow(comfy, comfy_models):
     m = comfy_models
-    prompt = load_api_workflow(WORKFLOWS / "live2diff_webcam.json")
+    prompt = load_api_workflow(WORKFLOWS / "Live2Diff-Webcam-Per-Frame.json")
     name = comfy.upload_image(np.full((64, 64, 3), 128, dtype=np.uint8), "webcam_test.png")["name"]
     prompt["3"] = {"class_type": "LoadImage", "inputs": {"image": name}}  # the webcam widget needs a browser
     prompt = override(prompt, {
@@ -51,7 +51,7 @@ def test_live2diff_webcam_workflow(comfy, comfy_models):
 @st2v_only
 def test_streaming_t2v_long_video_workflow(comfy, comfy_models):
     m = comfy_models
-    prompt = override(load_api_workflow(WORKFLOWS / "streaming_t2v_long_video.json"), {
+    prompt = override(load_api_workflow(WORKFLOWS / "StreamingT2V-Long-Video.json"), {
         "ST2V_LoadModel": dict(modelscope=m.modelscope_diffusers, checkpoint=m.st2v_base,
                                image_encoder=f"clip_vision/{m.clip_vision}"),
         "ST2V_TextToVideo": dict(steps=2, width=64, height=64),
@@ -65,7 +65,7 @@ def test_streaming_t2v_long_video_workflow(comfy, comfy_models):
 
 @st2v_only
 def test_video_metrics_workflow(comfy, comfy_models):
-    prompt = override(load_api_workflow(WORKFLOWS / "video_metrics.json"), {
+    prompt = override(load_api_workflow(WORKFLOWS / "StreamingT2V-Video-Metrics.json"), {
         "LoadVideo": dict(file=_clip(comfy, "metrics_test.mp4")),
         "ST2V_CLIPScore": dict(clip_model=f"text_encoders/{comfy_models.clip_model}"),
     })
@@ -85,7 +85,7 @@ def test_readme_headless_client_example(comfy, comfy_models, capsys):
     sets = [f"L2D_LoadModel.base=diffusers/{m.sd15_diffusers}", f"L2D_LoadModel.motion={m.motion}",
             f"L2D_LoadModel.depth_model={m.depth}/", f"L2D_LoadModel.lcm_lora={m.lcm_lora}",
             "L2D_VideoToVideo.width=64", "L2D_VideoToVideo.height=64", f"LoadVideo.file={_clip(comfy, 'cli.mp4')}"]
-    argv = [str(WORKFLOWS / "live2diff_video_to_video.json"), "--url", comfy.server.url, "--timeout", "300"]
+    argv = [str(WORKFLOWS / "Live2Diff-Video-to-Video.json"), "--url", comfy.server.url, "--timeout", "300"]
     for s in sets:
         argv += ["--set", s]
     assert module.main(argv) == 0

@@ -15,7 +15,7 @@ Layout (names as ComfyUI lists them, relative to their folder)::
     models/live2diff/live2diff.ckpt        torch pickle {"state_dict": motion modules + flow_conv_in}, matching
                                            the tiny UNet
     models/live2diff/dpt_hybrid_tiny/      transformers DPT-Hybrid folder (config.json + model.safetensors),
-                                           tests/test_depth.py TINY_CONFIG (input 64x64)
+                                           tests/tiny.py TINY_DPT_CONFIG (input 64x64)
     models/vae_approx/taesd_encoder.safetensors, taesd_decoder.safetensors
                                            real TAESD architecture, random weights, original TAESD names
     models/loras/lcm-tiny.safetensors      kohya LoRA (diffusers-style lora_unet_* names) on 2 UNet modules
@@ -35,6 +35,9 @@ Non-standard sizes: a single-file checkpoint carries no config, and the loaders'
 ModelScope / ViT-H-14 configs. ``tiny-sd15.safetensors`` therefore loads only with the tiny config (e.g. the
 ``tiny-sd15`` folder as ``config``), the StreamingT2V parts only with ``tiny-st2v.config.json`` (or the
 ``tiny-modelscope/unet`` folder) as ``base_config``, and the CLIP vision file only with its ``.config.json``.
+
+The models and their on-disk writers are the unit tests' (``tests/tiny.py``, ``tests/st2v_tiny.py``); this module
+only chooses the seeds and the names and lays them out as ComfyUI's folders.
 
 Standalone: ``python tests/integration/tiny_models.py RUN_DIR`` writes ``RUN_DIR/models`` (for a hand-started
 server: ``comfyui_setup.sh`` with ``RUN_DIR=...``).
@@ -172,95 +175,41 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=list) + "\n")
 
 
-def _kohya_lora(sd: dict, targets: dict[str, str], *, rank: int, alpha: float, seed: int) -> dict:
-    """kohya LoRA tensors for ``{kohya_name: state_dict_weight_key}`` (Linear or Conv weights)."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, key in targets.items():
-        w = sd[key]
-        down = torch.randn(rank, *w.shape[1:], generator=g) * 0.1
-        up = torch.randn(w.shape[0], rank, *([1] * (w.dim() - 2)), generator=g) * 0.1
-        out[f"{name}.lora_down.weight"] = down.contiguous()
-        out[f"{name}.lora_up.weight"] = up.contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(alpha))
-    return out
-
-
 def _write_live2diff(models: Path) -> None:
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
 
-    import test_sd_loading as sdl
-    from live2diff_core.loader import motion_keys
-    from live2diff_core.sd_checkpoint import SHIPPED_CONFIG_DIR
-    from test_depth import TINY_CONFIG as DPT_CONFIG
-    from test_depth import _tiny_model as tiny_dpt
-    from tiny import TINY_UNET_CONFIG, tiny_taesd, tiny_text_encoder, tiny_video_unet
+    from tiny import (TAESD_FILES, bare_text_keys, kohya_lora, split_video_unet, state_dict_of, tiny_dpt,
+                      tiny_kl_vae, tiny_taesd, tiny_text_encoder, tiny_video_unet, to_ldm, write_motion_ckpt,
+                      write_sd15_folder, write_taesd_vae_approx)
 
-    # --- SD1.5 diffusers folder
-    unet = tiny_video_unet(seed=SEEDS["unet"])
-    motion = motion_keys(unet)
-    full = unet.state_dict()
-    spatial = {k: v for k, v in full.items() if k not in motion}
-    u2d = UNet2DConditionModel(**TINY_UNET_CONFIG)
-    u2d.load_state_dict(spatial)
+    # --- SD1.5 diffusers folder (spatial UNet, text encoder, KL VAE, shipped tokenizer + scheduler)
+    u2d, motion = split_video_unet(tiny_video_unet(seed=SEEDS["unet"]))
     _, text = tiny_text_encoder(seed=SEEDS["text"])
-    torch.manual_seed(SEEDS["vae"])
-    vae = AutoencoderKL(**sdl.TINY_VAE).eval()
+    vae = tiny_kl_vae(seed=SEEDS["vae"])
+    write_sd15_folder(models / "diffusers" / SD15, u2d, text, vae=vae, pipeline=True)
 
-    base = models / "diffusers" / SD15
-    u2d.save_pretrained(base / "unet")
-    text.save_pretrained(base / "text_encoder")
-    vae.save_pretrained(base / "vae")
-    shutil.copytree(SHIPPED_CONFIG_DIR / "tokenizer", base / "tokenizer",
-                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    shutil.copytree(SHIPPED_CONFIG_DIR / "scheduler", base / "scheduler")
-    import diffusers
-
-    _write_json(base / "model_index.json", {
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None], "requires_safety_checker": False, "safety_checker": [None, None],
-        "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"]})
-
-    # --- the same weights as one LDM single file (the test_sd_loading writer; its key mapping depends only on
-    #     layers_per_block / up_block_types / the number of VAE blocks, which tiny.py's config shares)
-    assert TINY_UNET_CONFIG["layers_per_block"] == sdl.TINY_UNET["layers_per_block"]
-    assert tuple(TINY_UNET_CONFIG["up_block_types"]) == tuple(sdl.TINY_UNET["up_block_types"])
-    ldm = sdl.to_ldm(sdl._sd(u2d), sdl._sd(vae), sdl._bare(sdl._sd(text)), text_layout="t5")
+    # --- the same weights as one LDM single file
+    ldm = to_ldm(state_dict_of(u2d), state_dict_of(vae), bare_text_keys(state_dict_of(text)), text_layout="t5")
     (models / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_file(ldm, str(models / "checkpoints" / CHECKPOINT))
 
-    # --- motion modules + depth mapping (flow_conv_in), official pickle layout
-    (models / "live2diff").mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {k: v.clone() for k, v in full.items() if k in motion}}, models / "live2diff" / MOTION)
-    tiny_dpt(seed=SEEDS["depth"], config=DPT_CONFIG).save_pretrained(models / "live2diff" / DEPTH)
+    # --- motion modules + depth mapping (flow_conv_in), official pickle layout; the depth estimator folder
+    write_motion_ckpt(motion, models / "live2diff" / MOTION)
+    tiny_dpt(seed=SEEDS["depth"]).save_pretrained(models / "live2diff" / DEPTH)
 
-    # --- TAESD in ComfyUI's vae_approx layout (original names; decoder index shifted by the weightless clamp)
-    sd = tiny_taesd(seed=SEEDS["taesd"]).state_dict()
-    enc = {k[len("encoder.layers."):]: v for k, v in sd.items() if k.startswith("encoder.layers.")}
-    dec = {}
-    for k, v in sd.items():
-        if k.startswith("decoder.layers."):
-            i, rest = k[len("decoder.layers."):].split(".", 1)
-            dec[f"{int(i) + 1}.{rest}"] = v
-    (models / "vae_approx").mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in enc.items()}, str(models / "vae_approx" / TAESD[0]))
-    save_file({k: v.contiguous() for k, v in dec.items()}, str(models / "vae_approx" / TAESD[1]))
+    # --- TAESD in ComfyUI's vae_approx layout (original names)
+    assert TAESD == TAESD_FILES
+    write_taesd_vae_approx(tiny_taesd(seed=SEEDS["taesd"]), models / "vae_approx", TAESD)
 
     # --- LoRAs (kohya, diffusers-style module names)
     usd, tsd = u2d.state_dict(), text.state_dict()
     te_q = next(k for k in tsd if k.endswith("layers.0.self_attn.q_proj.weight"))
-    lcm = _kohya_lora(usd, {
+    lcm = kohya_lora(usd, {
         "lora_unet_down_blocks_0_attentions_0_proj_in": "down_blocks.0.attentions.0.proj_in.weight",
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q":
             "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight",
     }, rank=4, alpha=2.0, seed=SEEDS["lora"])
-    style = _kohya_lora({**usd, **tsd}, {
+    style = kohya_lora({**usd, **tsd}, {
         "lora_unet_down_blocks_0_attentions_1_proj_in": "down_blocks.0.attentions.1.proj_in.weight",
         "lora_unet_up_blocks_3_attentions_0_transformer_blocks_0_attn2_to_k":
             "up_blocks.3.attentions.0.transformer_blocks.0.attn2.to_k.weight",
@@ -276,39 +225,23 @@ def _write_streaming_t2v(models: Path) -> None:
 
     import torch
     from diffusers import AutoencoderKL, UNet3DConditionModel
-    from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    import test_st2v_pipeline as stp
-    from st2v_tiny import TINY_ST2V_UNET_CONFIG, TOKENIZER_DIR, tiny_st2v_model
+    from st2v_tiny import (TINY_ST2V_TEXT_CONFIG, TINY_ST2V_UNET_CONFIG, TINY_ST2V_VAE_CONFIG, TINY_ST2V_VIT_CONFIG,
+                           tiny_st2v_model, write_modelscope_folder, write_st2v_parts)
 
-    root = REPO / "streaming_t2v_core" / "configs"
-    folder = models / "diffusers" / MODELSCOPE
-    torch.manual_seed(SEEDS["modelscope"])
-    UNet3DConditionModel(**TINY_ST2V_UNET_CONFIG).eval().save_pretrained(folder / "unet")
-    CLIPTextModel(CLIPTextConfig(**stp.TINY_TEXT)).eval().save_pretrained(folder / "text_encoder")
-    AutoencoderKL(**stp.TINY_VAE).eval().save_pretrained(folder / "vae")
-    shutil.copytree(TOKENIZER_DIR, folder / "tokenizer", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    if (root / "modelscope" / "scheduler").is_dir():
-        shutil.copytree(root / "modelscope" / "scheduler", folder / "scheduler")
-    import diffusers
-
-    _write_json(folder / "model_index.json", {
-        "_class_name": "TextToVideoSDPipeline", "_diffusers_version": diffusers.__version__,
-        "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet3DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"]})
+    torch.manual_seed(SEEDS["modelscope"])  # one random stream for the three parts, in this order
+    first = UNet3DConditionModel(**TINY_ST2V_UNET_CONFIG).eval()
+    text = CLIPTextModel(CLIPTextConfig(**TINY_ST2V_TEXT_CONFIG)).eval()
+    vae = AutoencoderKL(**TINY_ST2V_VAE_CONFIG).eval()
+    write_modelscope_folder(models / "diffusers" / MODELSCOPE, first, text, vae, pipeline=True)
 
     out = models / "streamingt2v"
-    out.mkdir(parents=True, exist_ok=True)
-    sd = tiny_st2v_model(seed=SEEDS["st2v"]).state_dict()
-    for part, prefix in (("base", "base_model."), ("cam", "unet."), ("apm", "resampler.")):
-        save_file({k[len(prefix):]: v.contiguous() for k, v in sd.items() if k.startswith(prefix)},
-                  str(out / f"{ST2V}.{part}.safetensors"))
+    write_st2v_parts(tiny_st2v_model(seed=SEEDS["st2v"]), out, ST2V)
     _write_json(out / f"{ST2V}.config.json", dict(TINY_ST2V_UNET_CONFIG))
 
     torch.manual_seed(SEEDS["st2v"] + 1)
-    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**stp.TINY_VIT)).eval()
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_ST2V_VIT_CONFIG)).eval()
     cv = models / "clip_vision"
     cv.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -320,45 +253,26 @@ def _write_streaming_t2v(models: Path) -> None:
 def _write_refiner_and_clip(models: Path) -> None:
     """A zeroscope-XL-class refiner folder (tiny UNet3D, KL VAE, CLIP text with 16 tokens) and a transformers
     CLIPModel folder for the CLIP score."""
-    import diffusers
     import torch
     from diffusers import AutoencoderKL, UNet3DConditionModel
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from st2v_tiny import TOKENIZER_DIR
+    from st2v_tiny import (TINY_REFINER_TEXT_CONFIG, TINY_REFINER_UNET_CONFIG, TINY_REFINER_VAE_CONFIG,
+                           TOKENIZER_DIR, tiny_clip_model, write_modelscope_folder)
 
     ref = models / "diffusers" / REFINER
     shutil.rmtree(ref, ignore_errors=True)
-    torch.manual_seed(SEEDS["refiner"])
-    unet = UNet3DConditionModel(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-                                up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), layers_per_block=1,
-                                cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
-    unet.eval().save_pretrained(ref / "unet")
-    AutoencoderKL(block_out_channels=(16, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-                  up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, layers_per_block=1,
-                  latent_channels=4).eval().save_pretrained(ref / "vae")
-    CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                                 vocab_size=49408, max_position_embeddings=16, bos_token_id=49406,
-                                 eos_token_id=49407, pad_token_id=49407)).eval().save_pretrained(ref / "text_encoder")
-    shutil.copytree(TOKENIZER_DIR, ref / "tokenizer", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    torch.manual_seed(SEEDS["refiner"])  # one random stream for the three parts, in this order
+    unet = UNet3DConditionModel(**TINY_REFINER_UNET_CONFIG).eval()
+    vae = AutoencoderKL(**TINY_REFINER_VAE_CONFIG).eval()
+    text = CLIPTextModel(CLIPTextConfig(**TINY_REFINER_TEXT_CONFIG)).eval()
+    write_modelscope_folder(ref, unet, text, vae, pipeline=True)
     tc = json.loads((ref / "tokenizer" / "tokenizer_config.json").read_text())
     _write_json(ref / "tokenizer" / "tokenizer_config.json", {**tc, "model_max_length": 16})
-    shutil.copytree(REPO / "streaming_t2v_core" / "configs" / "modelscope" / "scheduler", ref / "scheduler")
-    _write_json(ref / "model_index.json", {
-        "_class_name": "TextToVideoSDPipeline", "_diffusers_version": diffusers.__version__,
-        "unet": ["diffusers", "UNet3DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "DDIMScheduler"]})
 
     clip = models / "clip" / CLIP_MODEL
     shutil.rmtree(clip, ignore_errors=True)
-    torch.manual_seed(SEEDS["clip"])
-    cfg = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                                      vocab_size=49408, max_position_embeddings=77, bos_token_id=49406,
-                                      eos_token_id=49407, pad_token_id=49407),
-                     vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                        num_attention_heads=4, image_size=32, patch_size=8), projection_dim=16)
-    CLIPModel(cfg).eval().save_pretrained(clip)
+    tiny_clip_model(seed=SEEDS["clip"]).save_pretrained(clip)
     for f in TOKENIZER_DIR.iterdir():
         if f.is_file() and f.suffix != ".py":
             shutil.copy(f, clip / f.name)
