@@ -1,4 +1,12 @@
-"""Merge LoRA weights into the weights of loaded torch modules (no PEFT layers at inference time).
+"""LoRA weights as per-weight updates of loaded torch modules, merged in place or handed to a host that patches
+weights (no PEFT layers at inference time).
+
+:func:`lora_updates` resolves a LoRA against a UNet / text encoder and returns one low-rank :class:`LoraUpdate` per
+weight (checked for fit and NaN/Inf, strength-independent); :func:`merge_lora` adds them into the weights. The
+ComfyUI nodes add the same updates as ``ModelPatcher`` weight patches instead (one cached model, LoRAs as
+clone-on-write patches); ComfyUI's patching (float32 copy + update, one rounding) equals the merge bit for bit.
+After weights were patched or unpatched outside this module, :func:`weights_changed` makes captured graphs and fused
+q/k/v weights follow.
 
 Targets are a UNet whose submodule names follow diffusers ``UNet2DConditionModel`` at top level (``conv_in``,
 ``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q``, ...; extra children such as
@@ -69,7 +77,7 @@ from torch import Tensor, nn
 from .acceleration import mark_weights_changed
 from .weights_io import read_tensors, safetensors_metadata
 
-__all__ = ["LoraMergeReport", "load_lora_file", "merge_lora"]
+__all__ = ["LoraMergeReport", "LoraUpdate", "load_lora_file", "lora_updates", "merge_lora", "weights_changed"]
 
 logger = logging.getLogger(__name__)
 
@@ -384,13 +392,6 @@ def _fit(group: _Group, name: str, weight: Tensor) -> tuple[int, ...] | str:
     return f"{name}: LoRA update {tuple(up.shape)} x {tuple(down.shape)} does not fit weight {tuple(weight.shape)}"
 
 
-def _update(group: _Group, shape: tuple[int, ...], weight: Tensor, scale: float) -> Tensor:
-    """``scale * up @ down`` in float32 on the weight's device, shaped for the weight (or its ``conv_in`` slice)."""
-    up = group.up.to(device=weight.device, dtype=torch.float32).flatten(1)
-    down = group.down.to(device=weight.device, dtype=torch.float32).flatten(1)
-    return (up @ down).reshape(shape) * scale
-
-
 def _add_into_(weight: Tensor, update: Tensor) -> None:
     target = weight if update.shape == weight.shape else weight[:, : update.shape[1]]
     if weight.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
@@ -399,27 +400,82 @@ def _add_into_(weight: Tensor, update: Tensor) -> None:
         target.copy_((target.to(torch.float32) + update).to(weight.dtype))
 
 
-def merge_lora(
+@dataclass(frozen=True)
+class LoraUpdate:
+    """The update one LoRA makes to one weight, kept low-rank: ``strength * ratio * (up @ down)``.
+
+    ``target`` is ``"unet"`` or ``"text_encoder"`` and ``module`` the module's name inside that model, so
+    :attr:`param` (``"unet.<module>.weight"``) is the weight's name in a container holding the pipeline's parts
+    under those names (the pack's ``ModelContainer``, i.e. a ComfyUI ``ModelPatcher``'s state dict). ``ratio`` is
+    ``alpha / rank`` (standard) or 1 (official); ``shape`` is the weight's shape or, for a ``conv_in`` LoRA with
+    fewer input channels, that leading slice. ``up``/``down`` are the LoRA file's own tensors (no copies).
+    :func:`merge_lora` adds :meth:`delta` into the weight; a host that patches weights (ComfyUI) does the same
+    addition in float32 and rounds once, so a patched weight equals a merged one bit for bit.
+    """
+
+    target: str
+    module: str
+    up: Tensor
+    down: Tensor
+    ratio: float
+    shape: tuple[int, ...]
+    keys: tuple[str, ...]
+
+    @property
+    def param(self) -> str:
+        return f"{self.target}.{self.module}.weight"
+
+    @property
+    def nbytes(self) -> int:
+        return self.up.numel() * self.up.element_size() + self.down.numel() * self.down.element_size()
+
+    def delta(self, strength: float = 1.0, device: torch.device | str | None = None) -> Tensor:
+        """``strength * ratio * up @ down`` in float32 (on ``device``, default the factors' own), shaped
+        :attr:`shape`."""
+        device = self.up.device if device is None else device
+        up = self.up.to(device=device, dtype=torch.float32).flatten(1)
+        down = self.down.to(device=device, dtype=torch.float32).flatten(1)
+        return (up @ down).reshape(self.shape) * (float(strength) * self.ratio)
+
+    def add_to_(self, weight: Tensor, strength: float = 1.0) -> Tensor:
+        """Add the update at ``strength`` into ``weight`` in place (into its leading input channels when
+        :attr:`shape` is a ``conv_in`` slice): computed in float32, rounded once into the weight's dtype."""
+        _add_into_(weight, self.delta(strength, weight.device))
+        return weight
+
+
+def _check_strength(strength: float) -> float:
+    value = float(strength)
+    if not math.isfinite(value):
+        raise ValueError(f"LoRA strength must be a finite number, got {strength!r}")
+    return value
+
+
+def lora_updates(
     unet: nn.Module | None,
     text_encoder: nn.Module | None,
     lora: Mapping[str, Tensor],
-    strength: float = 1.0,
     *,
     mode: str = "standard",
     source: str = "LoRA",
-) -> LoraMergeReport:
-    """Merge ``lora`` into the weights of ``unet`` / ``text_encoder`` in place and report what happened.
+) -> tuple[list[LoraUpdate], LoraMergeReport]:
+    """The per-weight updates ``lora`` makes to ``unet`` / ``text_encoder``, without touching either, and the
+    report of what they cover (``report.merged`` counts the modules an update targets; ``report.strength`` is 1).
 
-    ``mode="standard"`` scales by ``alpha / rank`` (kohya/diffusers/PEFT); ``mode="official"`` ignores alpha like
-    the official Live2Diff style-LoRA merge (see the module docstring). Keys for a target passed as ``None`` are
-    skipped (``report.skipped``). Raises ``ValueError`` if nothing matches either model (wrong model family or not
-    a LoRA), if a matched module's shape does not fit the LoRA, if a tensor it would apply holds NaN/Inf (the
-    message starts with ``source``, e.g. the file name), or for an unknown ``mode``; weights are only modified after
-    every check passed. Callers wanting to undo a merge keep a copy of the weights.
+    Every check of :func:`merge_lora` happens here, before anything is returned: unknown ``mode``, nothing matching
+    (wrong model family), shapes that do not fit, and NaN/Inf in any tensor an update uses (the message starts with
+    ``source``, e.g. ``"LoRA style.safetensors"``). Updates do not depend on the strength: :meth:`LoraUpdate.delta`
+    takes it. :func:`merge_lora` is these updates added into the weights.
     """
+    updates, report, _ = _plan(unet, text_encoder, lora, mode=mode, source=source)
+    return updates, report
+
+
+def _plan(unet, text_encoder, lora, *, mode, source) -> tuple[list[LoraUpdate], LoraMergeReport,
+                                                                 dict[str, _ModuleIndex]]:
     if mode not in _MODES:
         raise ValueError(f"unknown LoRA merge mode {mode!r}; expected one of {_MODES}")
-    report = LoraMergeReport(mode=mode, strength=float(strength))
+    report = LoraMergeReport(mode=mode, strength=1.0)
     if not lora:
         raise ValueError("empty LoRA state dict")
     groups, unsupported, formats = _parse(lora)
@@ -431,7 +487,7 @@ def merge_lora(
     if text_encoder is not None:
         indexes[TEXT_ENCODER] = _ModuleIndex(text_encoder, TEXT_ENCODER)
 
-    plan: list[tuple[str, str, _Group, tuple[int, ...], float]] = []  # (target, module, group, shape, scale)
+    plan: list[LoraUpdate] = []
     errors: list[str] = []
     ldm_used = False
     for group in groups.values():
@@ -464,8 +520,8 @@ def merge_lora(
             continue
         rank = group.down.shape[0]
         alpha = float(group.alpha.float().reshape(-1)[0]) if group.alpha is not None else 0.0
-        scale = float(strength) if mode == "official" else float(strength) * ((alpha or rank) / rank)
-        plan.append((target, name, group, shape, scale))
+        ratio = 1.0 if mode == "official" else (alpha or rank) / rank
+        plan.append(LoraUpdate(target, name, group.up, group.down, ratio, shape, tuple(group.keys)))
 
     if errors:
         more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
@@ -476,7 +532,7 @@ def merge_lora(
             f"no LoRA key matched the model (wrong model family or not a LoRA?); {len(report.unresolved)} "
             f"unresolved keys, e.g. {sample}"
         )
-    nonfinite = [k for _, _, group, _, _ in plan for k in group.keys if not torch.isfinite(lora[k]).all()]
+    nonfinite = [k for update in plan for k in update.keys if not torch.isfinite(lora[k]).all()]
     if nonfinite:
         raise ValueError(f"{source}: NaN/Inf values in {len(nonfinite)} tensor(s) (e.g. {nonfinite[0]}); the file is "
                          "damaged or comes from a diverged training: re-download it or pick another LoRA")
@@ -486,14 +542,50 @@ def merge_lora(
     if report.unresolved:
         logger.warning("LoRA merge: %d key(s) not applied (unresolved/unsupported), e.g. %s",
                        len(report.unresolved), ", ".join(report.unresolved[:3]))
+    for update in plan:
+        report.merged[update.target] += 1
+        report.merged_modules[update.target].append(update.module)
+    return plan, report, indexes
 
+
+def weights_changed(module: nn.Module) -> None:
+    """Tell ``module``'s derived state that its weights changed in place or were swapped for other tensors (a LoRA
+    merged, or a host such as ComfyUI patching/unpatching weights): captured graphs and compiled calls over it are
+    captured again (:func:`~live2diff_core.acceleration.mark_weights_changed`) and fused q/k/v weights are rebuilt
+    before their next use. Their own checks (storage pointer and version counter) miss a patched weight that lands
+    at the address a freed one had, with inference tensors' version 0."""
+    mark_weights_changed(module)
+    for sub in module.modules():
+        if "_fused_key" in sub.__dict__:
+            sub._fused_key = None
+
+
+def merge_lora(
+    unet: nn.Module | None,
+    text_encoder: nn.Module | None,
+    lora: Mapping[str, Tensor],
+    strength: float = 1.0,
+    *,
+    mode: str = "standard",
+    source: str = "LoRA",
+) -> LoraMergeReport:
+    """Merge ``lora`` into the weights of ``unet`` / ``text_encoder`` in place and report what happened.
+
+    ``mode="standard"`` scales by ``alpha / rank`` (kohya/diffusers/PEFT); ``mode="official"`` ignores alpha like
+    the official Live2Diff style-LoRA merge (see the module docstring). Keys for a target passed as ``None`` are
+    skipped (``report.skipped``). Raises ``ValueError`` if nothing matches either model (wrong model family or not
+    a LoRA), if a matched module's shape does not fit the LoRA, if a tensor it would apply holds NaN/Inf (the
+    message starts with ``source``, e.g. the file name), or for an unknown ``mode``; weights are only modified after
+    every check passed. Callers wanting to undo a merge keep a copy of the weights. This is :func:`lora_updates`
+    added into the weights (:meth:`LoraUpdate.add_to_`).
+    """
+    strength = _check_strength(strength)
+    updates, report, indexes = _plan(unet, text_encoder, lora, mode=mode, source=source)
+    report.strength = strength
     with torch.no_grad():  # one update at a time: peak extra memory is one float32 weight
-        for target, name, group, shape, scale in plan:
-            weight = indexes[target].modules[name].weight
-            _add_into_(weight, _update(group, shape, weight, scale))
-            report.merged[target] += 1
-            report.merged_modules[target].append(name)
+        for update in updates:
+            update.add_to_(indexes[update.target].modules[update.module].weight, strength)
     for model in (unet, text_encoder):
         if model is not None:
-            mark_weights_changed(model)  # captured graphs of this model are re-captured
+            weights_changed(model)  # captured graphs and fused weights of this model are rebuilt
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,11 +13,14 @@ from comfy_api.latest import io
 
 import comfy.model_management as mm
 import comfy.utils
+import comfy.weight_adapter.base
 
 from ..live2diff_core import Live2DiffPipeline
 from ..live2diff_core.acceleration import ACCELERATIONS
 from ..live2diff_core.finite import check_finite
 from ..live2diff_core.live_session import LiveSession
+from ..live2diff_core.lora import LoraUpdate, load_lora_file, lora_updates
+from ..live2diff_core.lora import weights_changed as lora_weights_changed
 from ..live2diff_core.pipeline import StreamSettings
 from ..live2diff_core.scheduler import MAX_INFERENCE_STEPS
 from . import model_cache, paths, sessions
@@ -60,28 +64,105 @@ class Live2DiffModel:
             return torch.float16
         return torch.bfloat16 if mm.should_use_bf16(device) else torch.float32
 
+    def base_identity(self) -> tuple:
+        """The cached model's identity: its files (the LCM-LoRA merged at load included) and dtype. Style LoRAs are
+        not part of it: they are weight patches on this one cached model (:meth:`pipeline`)."""
+        files = [self.base, self.motion, self.taesd, self.vae, self.depth, self.lcm_lora]
+        return tuple(paths.identity(p) if p is not None else None for p in files), str(self.torch_dtype())
+
     def identity(self) -> tuple:
-        files = [self.base, self.motion, self.taesd, self.vae, self.depth, self.lcm_lora] + [p for p, _, _ in
-                                                                                          self.loras]
-        return (tuple(paths.identity(p) if p is not None else None for p in files),
-                tuple((s, m) for _, s, m in self.loras), str(self.torch_dtype()))
+        """The model as it runs: :meth:`base_identity` plus the style LoRAs (file, strength, mode). Stream sessions
+        are keyed by it, so a session never continues across a LoRA change."""
+        return self.base_identity(), tuple((paths.identity(p), s, m) for p, s, m in self.loras)
 
     def pipeline(self, memory_required: int = 0) -> Live2DiffPipeline:
-        """The cached pipeline, on ComfyUI's compute device (loaded from disk the first time)."""
+        """The cached pipeline on ComfyUI's compute device (loaded from disk the first time), with this handle's
+        style LoRAs in its weights: ComfyUI weight patches on a clone of the cached model's ``ModelPatcher``
+        (:func:`model_cache.acquire` with a variant), so a LoRA or strength change reads nothing from disk but the
+        LoRA file the first time, and keeps one copy of the base weights. Every use of the pipeline goes through
+        here, which loads the right patch set before the node computes."""
         dtype = self.torch_dtype()
 
         def load():
             pipe = Live2DiffPipeline.from_files(
                 self.base, self.motion, taesd=self.taesd, vae=self.vae, depth=self.depth, lcm_lora=self.lcm_lora,
-                loras=[(p, s) for p, s, _ in self.loras], lora_mode=self.loras[-1][2] if self.loras else "standard",
                 dtype=dtype, device=mm.unet_offload_device())
             parts = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder,
                      "depth_estimator": pipe.depth_estimator}
             return parts, pipe
 
-        entry = model_cache.acquire("live2diff", self.identity(), load, label=self.base.name,
-                                    memory_required=memory_required)
+        variant = None
+        if self.loras:
+            variant = tuple((paths.identity(p), float(s), m) for p, s, m in self.loras)
+        entry = model_cache.acquire(
+            "live2diff", self.base_identity(), load, label=self.base.name, memory_required=memory_required,
+            variant=variant, patch=self._add_lora_patches,
+            variant_label=" + ".join(f"{p.name}@{s:g}" + ("" if m == "standard" else f" ({m})")
+                                     for p, s, m in self.loras),
+            on_weights_changed=_lora_weights_changed)
         return entry.payload
+
+    def _add_lora_patches(self, entry: model_cache.Entry, clone) -> None:
+        """Add this handle's style LoRAs to ``clone`` (of ``entry``'s patcher) as weight patches. The updates of a
+        LoRA file (low-rank, checked for fit and NaN/Inf by the core) are cached on the entry per (file, mode):
+        the strength is the patch's strength, so a strength change computes nothing new."""
+        cache = entry.extra.setdefault("lora_updates", OrderedDict())
+        pipe = entry.payload
+        for path, strength, mode in self.loras:
+            key = (paths.identity(path), mode)
+            updates = cache.get(key)
+            if updates is None:
+                updates, _ = lora_updates(pipe.unet, pipe.text_encoder, load_lora_file(path), mode=mode,
+                                          source=f"LoRA {path.name}")
+                cache[key] = updates
+                while len(cache) > _LORA_UPDATE_CACHE:
+                    cache.popitem(last=False)
+            cache.move_to_end(key)
+            if float(strength) == 0.0:
+                continue  # no effect: no patches (the weights stay the base's, bit for bit)
+            layers: list[dict] = []  # one dict per repeat of a weight (a file may update a module twice)
+            for update in updates:
+                layer = next((d for d in layers if update.param not in d), None)
+                if layer is None:
+                    layers.append(layer := {})
+                layer[update.param] = _LoraPatch(update)
+            for layer in layers:
+                added = set(clone.add_patches(layer, strength_patch=float(strength)))
+                if added != set(layer):
+                    raise RuntimeError(f"LoRA {path.name}: weights {sorted(set(layer) - added)[:3]} not found in the "
+                                       "cached model")
+
+
+_LORA_UPDATE_CACHE = 8  # LoRA files (per mode) whose updates a cached model keeps: low-rank, the files' own size
+
+
+class _LoraPatch(comfy.weight_adapter.base.WeightAdapterBase):
+    """A ComfyUI weight patch that adds a core :class:`LoraUpdate` at the patch's strength: the same float32
+    update and addition as ``merge_lora``, rounded once into the weight's dtype by ComfyUI, so patched weights equal
+    merged ones."""
+
+    name = "live2diff_lora"
+
+    def __init__(self, update: LoraUpdate) -> None:
+        self.update = update
+        self.loaded_keys = set(update.keys)
+        self.weights = [update.up, update.down]
+
+    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                         intermediate_dtype=torch.float32, original_weight=None):
+        delta = self.update.delta(strength, weight.device)
+        target = weight if delta.shape == weight.shape else weight[:, : delta.shape[1]]
+        target += function(delta.to(weight.dtype))
+        return weight
+
+
+def _lora_weights_changed(entry: model_cache.Entry) -> None:
+    """ComfyUI patched or unpatched the cached weights in place: captured graphs / compiled calls and fused
+    weights over them are rebuilt before their next use."""
+    pipe = entry.payload
+    for module in (pipe.unet, pipe.text_encoder):
+        if module is not None:
+            lora_weights_changed(module)
 
 
 def _base_options() -> list[str]:
@@ -321,7 +402,9 @@ class L2DApplyLoRA(ValidatedNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="L2D_ApplyLoRA", display_name="Live2Diff Apply Style LoRA", category=CATEGORY,
-            description="Merge a style LoRA (kohya/diffusers/PEFT) into a copy of the model; the input is untouched.",
+            description="Add a style LoRA (kohya/diffusers/PEFT) to the model as weight patches (ComfyUI's "
+                        "clone-on-write: the loaded model is shared, a strength change reloads nothing); the input "
+                        "is untouched.",
             inputs=[L2DModel.Input("model"),
                     io.Combo.Input("lora", options=paths.files("loras"),
                                    tooltip="SD1.5 style LoRA from models/loras (kohya, diffusers or PEFT format)"),

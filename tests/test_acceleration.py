@@ -21,11 +21,6 @@ def _unfuse(unet) -> None:
             m.fuse_qkv = False
 
 
-@pytest.fixture(scope="module")
-def unet64():
-    return tiny_video_unet(dtype=torch.float64)
-
-
 @torch.no_grad()
 def test_fused_projections_equal_separate_ones_and_follow_weight_changes():
     fused, plain = tiny_video_unet(dtype=torch.float64), tiny_video_unet(dtype=torch.float64)
@@ -149,16 +144,12 @@ def test_unknown_acceleration_is_rejected(unet64):
 def test_pipeline_speed_paths_equal_the_eager_pipeline(monkeypatch):
     """The whole pixel pipeline with every hot call captured (UNet stream, batched TAESD encode of frame + depth,
     depth estimator, TAESD decode) gives the eager frames; unknown modes are refused."""
-    from test_pipeline import SETTINGS, _tiny_depth, _video
-    from tiny import tiny_taesd, tiny_text_encoder
+    from tiny import PIPELINE_SETTINGS as SETTINGS, random_video, tiny_pipeline
 
     import live2diff_core.acceleration as acc
-    from live2diff_core.pipeline import Live2DiffPipeline
-    from live2diff_core.vae import Vae
 
-    tok, text = tiny_text_encoder()
-    pipe = Live2DiffPipeline(tiny_video_unet(seed=0), Vae(tiny_taesd()), tok, text, _tiny_depth())
-    frames = _video(12, seed=5)
+    pipe = tiny_pipeline(depth=True)
+    frames = random_video(12, seed=5)
     eager = pipe(frames, "a cat", **SETTINGS)
     # on a CPU "cuda_graph" runs eagerly (and says so once)
     assert torch.equal(pipe(frames, "a cat", acceleration="cuda_graph", **SETTINGS), eager)

@@ -11,22 +11,16 @@ import numpy as np
 import pytest
 
 from client import Graph, load_api_workflow, override
+from graphs import SIZE, TAESD, l2d_loader, stream_session
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows" / "api"
 L2D_NODES = ["L2D_LoadModel", "L2D_ApplyLoRA", "L2D_CausalAttention", "L2D_EncodePrompt", "L2D_VideoToVideo",
              "L2D_StreamStep", "L2D_ResetSession", "L2D_EstimateDepth"]
-TAESD = "taesd (vae_approx/taesd_encoder + taesd_decoder)"
-SIZE = dict(width=64, height=64)
-
-
-def _loader(m) -> dict:
-    return dict(base=f"diffusers/{m.sd15_diffusers}", motion=m.motion, vae=TAESD, depth_model=f"{m.depth}/",
-                lcm_lora=m.lcm_lora, dtype="auto")
 
 
 def _stream_graph(m, session: str, frames: int, color: int = 0x336699) -> dict:
     g = Graph()
-    model = g.node("L2D_LoadModel", **_loader(m))
+    model = g.node("L2D_LoadModel", **l2d_loader(m))
     cond = g.node("L2D_EncodePrompt", model=model.out(0), text="a felted cat", clip_layer=10)
     images = g.node("EmptyImage", width=64, height=64, batch_size=frames, color=color)
     step = g.node("L2D_StreamStep", model=model.out(0), images=images.out(0), conditioning=cond.out(0),
@@ -34,10 +28,6 @@ def _stream_graph(m, session: str, frames: int, color: int = 0x336699) -> dict:
                   invert_depth=False, **SIZE)
     g.node("PreviewImage", images=step.out(0))
     return g.prompt()
-
-
-def _session(comfy, sid: str) -> dict | None:
-    return comfy.get("/stream_video/cache")["sessions"].get(sid)
 
 
 def test_object_info_lists_every_node(comfy):
@@ -60,8 +50,8 @@ def test_video_to_video_workflow(comfy, comfy_models):
     for _ in range(10):
         writer.write(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
     writer.release()
-    prompt = override(load_api_workflow(WORKFLOWS / "live2diff_video_to_video.json"), {
-        "L2D_LoadModel": _loader(m),
+    prompt = override(load_api_workflow(WORKFLOWS / "Live2Diff-Video-to-Video.json"), {
+        "L2D_LoadModel": l2d_loader(m),
         "L2D_VideoToVideo": SIZE,
         "LoadVideo": {"file": clip.name},
     })
@@ -89,9 +79,9 @@ def test_stream_steps_carry_the_session_and_survive_interrupt_and_free(comfy, co
         entry = comfy.run(prompt, timeout=300)
         assert comfy.read_image_batch(entry).shape[0] == 4  # never an empty batch, one frame out per frame in
         assert "4" not in entry.cached_nodes  # the step re-executes every run
-        s = _session(comfy, "it")
+        s = stream_session(comfy, "it")
         assert (s["frames_seen"], s["warm"]) == (seen, warm), run
-    kv = _session(comfy, "it")["kv_cache_bytes"]
+    kv = stream_session(comfy, "it")["kv_cache_bytes"]
     assert kv > 0
 
     # an interrupt in the middle of a long run leaves the session exactly as before that run
@@ -100,7 +90,7 @@ def test_stream_steps_carry_the_session_and_survive_interrupt_and_free(comfy, co
     comfy.wait_event("progress", pid, timeout=120)
     comfy.interrupt()
     assert comfy.wait(pid, timeout=120).interrupted
-    assert _session(comfy, "it")["frames_seen"] == 12
+    assert stream_session(comfy, "it")["frames_seen"] == 12
 
     # /free drops the cached model (it leaves ComfyUI's list and the pack's listing); the session survives
     assert comfy.get("/stream_video/cache")["models"]
@@ -108,12 +98,12 @@ def test_stream_steps_carry_the_session_and_survive_interrupt_and_free(comfy, co
     time.sleep(0.5)
     assert comfy.get("/stream_video/cache")["models"] == []
     entry = comfy.run(prompt, timeout=300)
-    assert _session(comfy, "it")["frames_seen"] == 16 and comfy.get("/stream_video/cache")["models"]
+    assert stream_session(comfy, "it")["frames_seen"] == 16 and comfy.get("/stream_video/cache")["models"]
 
     # a configuration change resets the session
     changed = override(prompt, {"L2D_StreamStep": {"width": 128, "height": 128}})
     comfy.run(changed, timeout=300)
-    s = _session(comfy, "it")
+    s = stream_session(comfy, "it")
     assert (s["frames_seen"], s["warm"]) == (4, False)
 
 
@@ -127,7 +117,7 @@ def test_validation_errors_are_http_400_with_a_message(comfy, comfy_models):
     bad_t = override(prompt, {"L2D_StreamStep": {"t_index_list": "30,x"}})
     assert "comma-separated" in str(comfy.queue(bad_t))
     g = Graph()
-    model = g.node("L2D_LoadModel", **_loader(comfy_models))
+    model = g.node("L2D_LoadModel", **l2d_loader(comfy_models))
     patched = g.node("L2D_CausalAttention", model=model.out(0), sinks=8, window=8)
     images = g.node("EmptyImage", width=64, height=64, batch_size=1, color=0)
     depth = g.node("L2D_EstimateDepth", model=patched.out(0), images=images.out(0), invert=False)
@@ -141,7 +131,7 @@ def test_node_errors_reach_history_with_a_clear_message(comfy, comfy_models):
     broken.write_bytes(b"not a checkpoint")
     try:
         g = Graph()
-        model = g.node("L2D_LoadModel", **{**_loader(m), "motion": "broken_motion.ckpt"})
+        model = g.node("L2D_LoadModel", **{**l2d_loader(m), "motion": "broken_motion.ckpt"})
         images = g.node("EmptyImage", width=64, height=64, batch_size=1, color=0)
         depth = g.node("L2D_EstimateDepth", model=model.out(0), images=images.out(0), invert=False)
         g.node("PreviewImage", images=depth.out(0))
@@ -149,7 +139,7 @@ def test_node_errors_reach_history_with_a_clear_message(comfy, comfy_models):
         assert "broken_motion.ckpt" in entry.error["exception_message"]
         # fewer frames than the warm-up needs
         g = Graph()
-        model = g.node("L2D_LoadModel", **_loader(m))
+        model = g.node("L2D_LoadModel", **l2d_loader(m))
         cond = g.node("L2D_EncodePrompt", model=model.out(0), text="x", clip_layer=10)
         images = g.node("EmptyImage", width=64, height=64, batch_size=5, color=0)
         v2v = g.node("L2D_VideoToVideo", model=model.out(0), images=images.out(0), conditioning=cond.out(0),
@@ -164,8 +154,13 @@ def test_node_errors_reach_history_with_a_clear_message(comfy, comfy_models):
 
 def test_patcher_and_lora_return_new_handles(comfy, comfy_models):
     m = comfy_models
+
+    def cached():
+        return [e for e in comfy.get("/stream_video/cache")["models"]
+                if e["kind"] == "live2diff" and e["label"] == m.sd15_diffusers]
+
     g = Graph()
-    model = g.node("L2D_LoadModel", **_loader(m))
+    model = g.node("L2D_LoadModel", **l2d_loader(m))
     patched = g.node("L2D_CausalAttention", model=model.out(0), sinks=4, window=12)
     styled = g.node("L2D_ApplyLoRA", model=patched.out(0), lora=m.style_lora, strength=0.8, mode="standard")
     cond = g.node("L2D_EncodePrompt", model=styled.out(0), text="x", clip_layer=10)
@@ -178,8 +173,8 @@ def test_patcher_and_lora_return_new_handles(comfy, comfy_models):
     entry = comfy.run(g.prompt(), timeout=300)
     assert comfy.read_image_batch(entry, shown.id).shape[0] == 6  # 4 sinks: 6 frames are enough
     assert comfy.read_image_batch(entry, shown_depth.id).shape == (6, 64, 64, 3)
-    kinds = [e["label"] for e in comfy.get("/stream_video/cache")["models"]]
-    assert len(kinds) == 2  # the base model and its LoRA copy: the cached base is never mutated
+    (entry,) = cached()  # one cached model: the LoRA is a patch set on a clone, the base is never copied
+    assert entry["variants"]  # (no reload per strength: test_lora_patches.py)
 
 
 @pytest.mark.parametrize("vae", ["vae/tiny-kl-vae/", "base model VAE"])
@@ -193,7 +188,7 @@ def test_kl_vae_choices(comfy, comfy_models, vae):
     if not target.exists():
         shutil.copytree(source, target)
     g = Graph()
-    model = g.node("L2D_LoadModel", **{**_loader(m), "vae": vae})
+    model = g.node("L2D_LoadModel", **{**l2d_loader(m), "vae": vae})
     cond = g.node("L2D_EncodePrompt", model=model.out(0), text="x", clip_layer=10)
     images = g.node("EmptyImage", width=64, height=64, batch_size=9, color=0x446688)
     v2v = g.node("L2D_VideoToVideo", model=model.out(0), images=images.out(0), conditioning=cond.out(0),
@@ -211,7 +206,7 @@ def test_acceleration_option_gives_the_same_frames(comfy, comfy_models):
     def graph(acceleration: str | None):
         g = Graph()
         extra = {} if acceleration is None else {"acceleration": acceleration}
-        model = g.node("L2D_LoadModel", **_loader(m), **extra)
+        model = g.node("L2D_LoadModel", **l2d_loader(m), **extra)
         cond = g.node("L2D_EncodePrompt", model=model.out(0), text="a felted cat", clip_layer=10)
         images = g.node("EmptyImage", width=64, height=64, batch_size=10, color=0x447755)
         v2v = g.node("L2D_VideoToVideo", model=model.out(0), images=images.out(0), conditioning=cond.out(0),
