@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--refiner-size", type=int, nargs=2, default=None, metavar=("W", "H"),
                     help="refiner target size (default 1280 720 real, 128 64 tiny)")
     ap.add_argument("--refiner-steps", type=int, default=None)
-    ap.add_argument("--optimize", choices=["none", "fuse", "compile"], default="fuse",
-                    help="streaming_t2v_core.speed.optimize: fused self-attention q/k/v, plus torch.compile")
+    ap.add_argument("--acceleration", choices=["none", "fused", "compile"], default="fused",
+                    help="streaming_t2v_core.acceleration: fused self-attention q/k/v; compile = fused + "
+                         "torch.compile")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--json", type=Path, default=None, help="write the result JSON exactly here")
     args = ap.parse_args(argv)
@@ -90,10 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     pipe = build(args.size, dtype, args.device)
-    if args.optimize != "none":
-        from streaming_t2v_core.speed import optimize
+    from streaming_t2v_core.acceleration import optimize
 
-        optimize(pipe.model, compile=args.optimize == "compile")
+    optimize(pipe.model, args.acceleration)
     build_s = time.perf_counter() - t0
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dtype": args.dtype,
         "ddim_steps": steps,
         "cfg": "one batch (unconditional + conditional rows)",
-        "optimize": args.optimize,
+        "acceleration": args.acceleration,
         "frames": args.frames,
         "build_s": round(build_s, 2),
         "extension_chunks": len(chunk_times),

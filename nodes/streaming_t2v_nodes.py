@@ -1,15 +1,16 @@
 """StreamingT2V nodes (V3 schema API): loader, first chunk, CAM/APM conditioners, autoregressive extension to a
 disk-backed video, the randomized-blend refiner, IMAGE/video conversion and an mp4 writer. Thin glue: the work is
-in ``streaming_t2v_core``; long videos travel as ``ST2V_VIDEO`` (:mod:`.video_store`), never as one IMAGE batch."""
+in ``streaming_t2v_core`` (``StreamingT2VPipeline.generate`` with the CAM/APM inputs, ``loading.StreamingT2VFiles``,
+``refiner.load_refiner`` / ``refine`` over a ``FrameSource`` and a sink, ``video_io.encode_mp4``); this module holds
+the schemas, ComfyUI's model cache, progress and the disk-backed video. Long videos travel as ``ST2V_VIDEO``
+(:mod:`.video_store`), never as one IMAGE batch."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import torch
 from comfy_api.latest import io, ui
@@ -19,12 +20,13 @@ import comfy.utils
 import folder_paths
 
 from ..streaming_t2v_core import RandomizedBlendRefiner, StreamingT2VPipeline
+from ..streaming_t2v_core.refiner import (FrameSource, chunk_spans, load_refiner, plan_geometry, refine_memory_bytes,
+                                          refiner_scheduler)
 from ..streaming_t2v_core.finite import check_finite
-from ..streaming_t2v_core.loading import converted_part_paths
-from ..streaming_t2v_core.pipeline import (CHUNK, COND_FRAMES, SCHEDULER_CONFIG, GenerationSettings, chunk_plan,
-                                           expand_prompts)
-from ..streaming_t2v_core.refiner import chunk_spans, plan_geometry, refine_memory_bytes
-from ..streaming_t2v_core.speed import optimize
+from ..streaming_t2v_core.video_io import encode_mp4
+from ..streaming_t2v_core.loading import StreamingT2VFiles, is_text_to_video_folder
+from ..streaming_t2v_core.pipeline import CHUNK, COND_FRAMES, chunk_plan
+from ..streaming_t2v_core.acceleration import ACCELERATIONS, DEFAULT_ACCELERATION, optimize
 from . import model_cache, paths, video_store
 from .validation import ValidatedNode, require_fits
 from .video_store import DEFAULT_FPS, DiskVideo, ST2VVideo
@@ -36,16 +38,15 @@ ST2VModel = io.Custom("ST2V_MODEL")
 ST2VCam = io.Custom("ST2V_CAM")
 ST2VApm = io.Custom("ST2V_APM")
 ST2VRefiner = io.Custom("ST2V_REFINER")
-SPEEDS = ["none", "fused", "compile"]
 DTYPES = ["auto", "float16", "bfloat16", "float32"]
 AUTO_ENCODER = "auto (beside the checkpoint)"
 MAX_FRAMES = 2000
 # the ModelScope DDIM config ("leading" spacing, steps_offset 1) indexes past its 1000-step table at 1000 steps
 MAX_STEPS = 500
+# the refiner's scheduler choices: label -> streaming_t2v_core.refiner.refiner_scheduler kind
+SCHEDULERS = {"from the refiner folder": "folder", "DDIM (trailing)": "ddim",
+              "DPM++ 2M SDE (trailing, as the official enhancer)": "dpm-sde"}
 SCHED_FOLDER = "from the refiner folder"
-SCHED_DDIM = "DDIM (trailing)"
-SCHED_DPM_SDE = "DPM++ 2M SDE (trailing, as the official enhancer)"
-SCHEDULERS = [SCHED_FOLDER, SCHED_DDIM, SCHED_DPM_SDE]
 VAE_FRAMES_PER_CALL = 8
 
 
@@ -59,14 +60,6 @@ def _torch_dtype(choice: str) -> torch.dtype:
     if mm.should_use_fp16(device):
         return torch.float16
     return torch.bfloat16 if mm.should_use_bf16(device) else torch.float32
-
-
-def _checkpoint_stem(path: Path) -> str:
-    """``x`` for ``x.base.safetensors`` (or ``.cam``/``.apm``) and for ``x.ckpt``."""
-    parts = converted_part_paths(path)
-    if parts is not None:
-        return parts["base"].name[: -len(".base.safetensors")]
-    return path.name.rsplit(".", 1)[0]
 
 
 def _file_identity(path: Path | None) -> tuple | None:
@@ -102,62 +95,34 @@ class StreamingT2VHandle:
     checkpoint: Path  # official .ckpt or converted <name>.base.safetensors
     image_encoder: Path | None = None  # None: beside the checkpoint
     dtype: str = "auto"
-    speed: str = "fused"  # streaming_t2v_core.speed: "none", "fused" (q/k/v) or "compile" (fused + torch.compile)
+    acceleration: str = DEFAULT_ACCELERATION  # streaming_t2v_core.acceleration: none, fused (q/k/v), compile
 
-    def base_config(self) -> Path:
-        """``<name>.config.json`` beside the checkpoint (non-standard sizes), else the ModelScope UNet config
-        (the StreamingT2V base model is that UNet, fine-tuned)."""
-        beside = self.checkpoint.with_name(f"{_checkpoint_stem(self.checkpoint)}.config.json")
-        return beside if beside.is_file() else self.modelscope
-
-    def encoder_path(self) -> Path:
-        if self.image_encoder is not None:
-            return self.image_encoder
-        stem = _checkpoint_stem(self.checkpoint)
-        sibling = self.checkpoint.with_name(f"{stem}.image_encoder.safetensors")
-        if sibling.is_file():
-            return sibling
-        if converted_part_paths(self.checkpoint) is None:
-            return self.checkpoint  # the official checkpoint holds the image encoder (image_encoder.*)
-        raise FileNotFoundError(
-            f"no APM image encoder beside the checkpoint: '{sibling.name}' not found in '{sibling.parent}' "
-            f"(models/streamingt2v). Pick CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors from models/clip_vision in "
-            "'image_encoder', or convert the official checkpoint (python -m streaming_t2v_core.convert).")
-
-    def encoder_config(self) -> Path | None:
-        """``<file>.config.json`` beside the image-encoder file, or ``config.json`` in its own sub-folder (a
-        transformers folder); None: the shipped ViT-H/14 config."""
-        enc = self.encoder_path()
-        if enc == self.checkpoint:
-            return None
-        beside = enc.with_name(f"{enc.name.rsplit('.', 1)[0]}.config.json")
-        if beside.is_file():
-            return beside
-        roots = {Path(p).resolve() for f in ("clip_vision", "streamingt2v") for p in _folder_paths(f)}
-        folder_cfg = enc.parent / "config.json"
-        if folder_cfg.is_file() and enc.parent.resolve() not in roots:
-            return folder_cfg
-        return None
+    def layout(self) -> StreamingT2VFiles:
+        """The files beside the checkpoint (``streaming_t2v_core.loading.StreamingT2VFiles``)."""
+        roots = tuple(Path(p) for f in ("clip_vision", "streamingt2v") for p in _folder_paths(f))
+        return StreamingT2VFiles(self.modelscope, self.checkpoint, self.image_encoder, roots)
 
     def files(self) -> list[Path]:
-        parts = converted_part_paths(self.checkpoint)
-        ckpt = list(parts.values()) if parts is not None else [self.checkpoint]
-        extra = [self.base_config(), self.encoder_config()]
-        return [self.modelscope, *ckpt, self.encoder_path(), *[p for p in extra if p is not None]]
+        try:
+            return self.layout().files()
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e} In ComfyUI: pick it from models/clip_vision in 'image_encoder'.") from None
 
     def identity(self) -> tuple:
-        return (tuple(_file_identity(p) for p in self.files()), str(_torch_dtype(self.dtype)), self.speed)
+        return (tuple(_file_identity(p) for p in self.files()), str(_torch_dtype(self.dtype)), self.acceleration)
 
     def pipeline(self, memory_required: int = 0) -> StreamingT2VPipeline:
         """The cached pipeline, on ComfyUI's compute device (loaded from disk the first time)."""
         dtype = _torch_dtype(self.dtype)
-        encoder, encoder_config, base_config = self.encoder_path(), self.encoder_config(), self.base_config()
+        self.files()  # a missing image encoder fails here, with the ComfyUI hint
+        layout = self.layout()
+        encoder, encoder_config, base_config = layout.encoder_path(), layout.encoder_config(), layout.base_config()
 
         def load():
             pipe = StreamingT2VPipeline.from_files(
                 self.modelscope, self.checkpoint, image_encoder=encoder, dtype=dtype,
                 device=mm.unet_offload_device(), base_config=base_config, image_encoder_config=encoder_config)
-            optimize(pipe.model, fuse_qkv=self.speed != "none", compile=self.speed == "compile")
+            optimize(pipe.model, self.acceleration)
             parts = {"model": pipe.model, "first_unet": pipe.first_unet, "text_encoder": pipe.text_encoder,
                      "vae": pipe.vae, "image_encoder": pipe.image_encoder}
             return parts, pipe
@@ -174,20 +139,12 @@ def _folder_paths(folder: str) -> list[str]:
         return []
 
 
-def _is_text_to_video_folder(folder: Path) -> bool:
-    cfg = folder / "unet" / "config.json"
-    try:
-        return json.loads(cfg.read_text()).get("_class_name") == "UNet3DConditionModel"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def _t2v_folders() -> list[str]:
     """diffusers folders (models/diffusers) whose ``unet/`` is a ``UNet3DConditionModel``."""
     out = []
     for name in paths.model_folders("diffusers"):
         try:
-            if _is_text_to_video_folder(paths.resolve_folder("diffusers", name)):
+            if is_text_to_video_folder(paths.resolve_folder("diffusers", name)):
                 out.append(name)
         except FileNotFoundError:
             continue
@@ -242,69 +199,11 @@ class ApmBundle:
     size: tuple[int, int]
 
 
-@torch.no_grad()
-def _apm_embeddings(pipe: StreamingT2VPipeline, anchor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exactly what ``StreamingT2VPipeline.generate`` computes from frame 0 of the first chunk."""
-    frame = anchor[:1].float().clamp(0, 1).cpu()
-    x = (frame.permute(0, 3, 1, 2) * 2 - 1).to(pipe.device, pipe.dtype)
-    image_embeds = pipe.image_encoder(x).to(pipe.dtype)
-    null_embeds = pipe.image_encoder.null_embedding(1, tuple(frame.shape[1:3])).to(pipe.dtype)
-    return image_embeds, null_embeds
-
-
-def _generate_with_memory(pipe: StreamingT2VPipeline, prompts: list[str], num_frames: int, first: torch.Tensor,
-                          cam: CamBundle | None, apm: ApmBundle | None, generator: torch.Generator,
-                          callback: Callable[[int, int], None], settings: dict,
-                          check_interrupt: Callable[[], None] | None = None) -> Iterator[torch.Tensor]:
-    """``StreamingT2VPipeline.generate(first_chunk=...)`` with the CAM frames of the first extension and/or the
-    APM embeddings supplied: the same chunk loop on the pipeline's own building blocks (``encode_text``,
-    ``image_encoder``, ``extend_chunk``), the same random draws in the same order; with the default memory
-    (the first chunk's last 8 frames, frame 0's embedding) it gives generate()'s frames exactly."""
-    s = GenerationSettings(**settings)
-    s.validate()
-    extensions, _ = chunk_plan(num_frames)
-    prompts = expand_prompts(prompts, extensions + 1)
-    total, done = extensions * s.steps, 0
-
-    def progress() -> None:
-        nonlocal done
-        done += 1
-        callback(done, total)
-
-    negative = pipe.encode_text([s.negative_prompt])
-    chunk = first.float().clamp(0, 1).cpu()
-    emitted = min(num_frames, CHUNK)
-    yield chunk[:emitted]
-    if not extensions:
-        return
-    if apm is None:
-        image_embeds, null_embeds = _apm_embeddings(pipe, chunk)
-    else:
-        image_embeds = apm.image_embeds.to(pipe.device, pipe.dtype)
-        null_embeds = apm.null_embeds.to(pipe.device, pipe.dtype)
-    previous = chunk if cam is None else cam.frames.float().clamp(0, 1).cpu()
-    for i in range(1, extensions + 1):
-        previous = pipe.extend_chunk(previous, image_embeds, null_embeds, pipe.encode_text(prompts[i:i + 1]),
-                                     negative, s, generator, progress, check_interrupt)
-        new = previous[COND_FRAMES:][: num_frames - emitted]
-        emitted += new.shape[0]
-        yield new
-
-
 # ---------------------------------------------------------------------------------------------- refiner handle
-@dataclass
-class RefinerParts:
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler_config: dict
-
-
 @dataclass(frozen=True)
 class RefinerHandle:
-    """What an ``ST2V_REFINER`` socket carries: a diffusers text-to-video folder (zeroscope-XL class: a
-    ``UNet3DConditionModel``, an ``AutoencoderKL``, a CLIP text encoder + tokenizer, a scheduler config)."""
+    """What an ``ST2V_REFINER`` socket carries: a diffusers text-to-video folder (zeroscope-XL class, see
+    ``streaming_t2v_core.refiner.load_refiner``), loaded once per identity through :mod:`.model_cache`."""
 
     folder: Path
     dtype: str = "auto"
@@ -312,88 +211,23 @@ class RefinerHandle:
     def identity(self) -> tuple:
         return (paths.identity(self.folder), str(_torch_dtype(self.dtype)))
 
-    def load(self, memory_required: int = 0) -> RefinerParts:
-        dtype = _torch_dtype(self.dtype)
-        folder = self.folder
-
+    def load(self, memory_required: int = 0) -> RandomizedBlendRefiner:
         def load():
-            from diffusers import AutoencoderKL, UNet3DConditionModel
-            from transformers import CLIPTextModel, CLIPTokenizer
+            refiner = load_refiner(self.folder, dtype=_torch_dtype(self.dtype), device=mm.unet_offload_device())
+            return {"unet": refiner.unet, "vae": refiner.vae, "text_encoder": refiner.text_encoder}, refiner
 
-            missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer") if not (folder / s).is_dir()]
-            if missing:
-                raise FileNotFoundError(
-                    f"refiner folder incomplete: no {', '.join(m + '/' for m in missing)} in '{folder}' (expected a "
-                    "diffusers text-to-video folder such as zeroscope_v2_XL: unet/ vae/ text_encoder/ tokenizer/ "
-                    "scheduler/)")
-            kw = dict(torch_dtype=dtype, local_files_only=True)
-            device = mm.unet_offload_device()
-            unet = UNet3DConditionModel.from_pretrained(folder / "unet", **kw).to(device).eval()
-            vae = AutoencoderKL.from_pretrained(folder / "vae", **kw).to(device).eval()
-            text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw).to(device).eval()
-            tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-            sched = folder / "scheduler" / "scheduler_config.json"
-            config = json.loads((sched if sched.is_file() else SCHEDULER_CONFIG).read_text())
-            parts = RefinerParts(unet, vae, text_encoder, tokenizer, config)
-            return {"unet": unet, "vae": vae, "text_encoder": text_encoder}, parts
-
-        entry = model_cache.acquire("st2v_refiner", self.identity(), load, label=folder.name,
-                                    memory_required=memory_required)
-        return entry.payload
+        return model_cache.acquire("st2v_refiner", self.identity(), load, label=self.folder.name,
+                                   memory_required=memory_required).payload
 
 
-def _make_scheduler(config: dict, choice: str):
-    import diffusers
-
-    if choice == SCHED_DDIM:
-        return diffusers.DDIMScheduler.from_config(config, timestep_spacing="trailing")
-    if choice == SCHED_DPM_SDE:
-        return diffusers.DPMSolverMultistepScheduler.from_config(
-            config, algorithm_type="sde-dpmsolver++", solver_order=2, timestep_spacing="trailing")
-    name = config.get("_class_name", "DDIMScheduler")
-    cls = getattr(diffusers, name, None)
-    if cls is None or not hasattr(cls, "from_config"):
-        log.warning("stream-video-diffusion: unknown scheduler %s in the refiner folder; using DDIM", name)
-        cls = diffusers.DDIMScheduler
-    return cls.from_config(config)
-
-
-class _StreamingRefiner(RandomizedBlendRefiner):
-    """``RandomizedBlendRefiner`` whose input frames are read slice by slice (``read(start, stop)``) and whose
-    output frames go straight to a :class:`~.video_store.VideoWriter`, through the refiner's own
-    ``encode_video``/``decode_video`` (called per slice of ``VAE_FRAMES_PER_CALL`` frames). ``refine`` gets a
-    ``meta`` tensor of the video's shape, so no frame batch of the whole video ever exists; the latents of the whole
-    video do (randomized blending denoises all chunks at every step)."""
-
-    def __init__(self, parts: RefinerParts, scheduler, read: Callable[[int, int], torch.Tensor], count: int,
-                 writer: video_store.VideoWriter, tick: Callable[[], None]) -> None:
-        super().__init__(parts.unet, parts.vae, scheduler, parts.text_encoder, parts.tokenizer)
-        self.read, self.count, self.writer, self.tick = read, count, writer, tick
-
-    def encode_video(self, frames, geom, frames_per_call, device):
-        pieces = []
-        for start in range(0, self.count, frames_per_call):
-            batch = self.read(start, min(start + frames_per_call, self.count))
-            pieces.append(super().encode_video(batch, geom, frames_per_call, device))
-            self.tick()
-        return torch.cat(pieces, dim=2)
-
-    def decode_video(self, latents, geom, frames_per_call, out_device):
-        n = latents.shape[2]
-        for start in range(0, n, frames_per_call):
-            out = super().decode_video(latents[:, :, start:start + frames_per_call], geom, frames_per_call,
-                                       torch.device("cpu"))
-            self.writer.append(out)
-            self.tick()
-        return torch.empty((n, geom.content_h, geom.content_w, 3), device="meta")
-
-
-def _frame_source(video) -> tuple[Callable[[int, int], torch.Tensor], int, int, int, float]:
-    """``(read(start, stop), count, height, width, fps)`` of an ``ST2V_VIDEO`` or an IMAGE batch."""
+def _frame_source(video) -> tuple[FrameSource, float]:
+    """``(source, fps)`` of an ``ST2V_VIDEO`` (read from disk slice by slice) or an IMAGE batch."""
     if isinstance(video, DiskVideo):
-        return video.read, video.count, video.height, video.width, video.fps
+        return FrameSource(video.read, video.count, video.height, video.width), video.fps
     images = _images(video, "video")
-    return (lambda a, b: images[a:b]), images.shape[0], images.shape[1], images.shape[2], DEFAULT_FPS
+    if images.shape[0] < 1:
+        raise ValueError("the video has no frames")
+    return FrameSource.of(images), DEFAULT_FPS
 
 
 # ---------------------------------------------------------------------------------------------- nodes
@@ -436,20 +270,39 @@ class ST2VLoadModel(ValidatedNode):
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
                                tooltip="Weights and compute dtype: auto = float16/bfloat16 on a GPU that supports "
                                        "it, float32 on the CPU"),
-                io.Combo.Input("speed", options=SPEEDS, default="fused", optional=True,
+                io.Combo.Input("acceleration", options=list(ACCELERATIONS), default=DEFAULT_ACCELERATION,
+                               optional=True,
                                tooltip="fused = one q/k/v projection per self-attention (same results, faster); "
                                        "compile = fused + torch.compile of the UNet and CAM (faster after a warm-up "
-                                       "of minutes); none = as loaded"),
+                                       "of minutes); none = as loaded. (Named 'speed' before; saved prompts with "
+                                       "'speed' still work.)"),
             ],
             outputs=[ST2VModel.Output(display_name="model")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],  # the legacy 'speed' input of saved prompts
         )
 
     @classmethod
-    def execute(cls, modelscope, checkpoint, image_encoder, dtype, speed="fused") -> io.NodeOutput:
+    def legacy_acceleration(cls) -> str | None:
+        """The value of the input's old name ``speed`` in a saved API prompt (not a declared input, so ComfyUI
+        drops it before ``execute``; read here from the prompt itself), checked; None when absent."""
+        hidden = getattr(cls, "hidden", None)
+        node = (hidden.prompt or {}).get(str(hidden.unique_id)) if hidden is not None else None
+        value = (node or {}).get("inputs", {}).get("speed")
+        if value is None or isinstance(value, list):  # absent, or a link (never valid for a combo)
+            return None
+        if value not in ACCELERATIONS:
+            raise ValueError(f"speed (now 'acceleration'): {value!r} is not available; pick one of "
+                             f"{', '.join(ACCELERATIONS)}")
+        return value
+
+    @classmethod
+    def execute(cls, modelscope, checkpoint, image_encoder, dtype, acceleration=None) -> io.NodeOutput:
+        if acceleration is None:
+            acceleration = cls.legacy_acceleration() or DEFAULT_ACCELERATION
         handle = StreamingT2VHandle(
             modelscope=paths.resolve_folder("diffusers", modelscope),
             checkpoint=paths.resolve_file("streamingt2v", checkpoint),
-            image_encoder=_resolve_encoder(image_encoder), dtype=dtype, speed=speed)
+            image_encoder=_resolve_encoder(image_encoder), dtype=dtype, acceleration=acceleration)
         handle.pipeline()  # load now: missing or broken files fail here, with the file named
         return io.NodeOutput(handle)
 
@@ -547,8 +400,7 @@ class ST2VAPMConditioner(ValidatedNode):
         anchor = _images(anchor, "anchor")
         if anchor.shape[0] < 1:
             raise ValueError("the anchor IMAGE batch is empty")
-        pipe = model.pipeline()
-        image_embeds, null_embeds = _apm_embeddings(pipe, anchor)
+        image_embeds, null_embeds = model.pipeline().anchor_embeddings(anchor)
         out = mm.intermediate_device()
         return io.NodeOutput(ApmBundle(image_embeds.to(out), null_embeds.to(out), model.identity(),
                                        (anchor.shape[1], anchor.shape[2])))
@@ -604,7 +456,7 @@ class ST2VExtend(video_store.MakesDiskVideo, ValidatedNode):
         if h % 64 or w % 64:
             raise ValueError(f"first_chunk is {w}x{h}: width and height must be multiples of 64 (resize it with "
                              f"an image scale node to e.g. {max(64, w // 64 * 64)}x{max(64, h // 64 * 64)})")
-        if cam is not None and tuple(cam.frames.shape[1:3]) != (h, w):
+        if cam is not None and tuple(cam.frames.shape[1:3]) != (h, w):  # the core checks it too, after loading
             raise ValueError(f"the CAM frames are {cam.frames.shape[2]}x{cam.frames.shape[1]} but first_chunk is "
                              f"{w}x{h}: the short-term memory must have the video's size")
         if apm is not None and apm.model_identity != model.identity():
@@ -622,13 +474,11 @@ class ST2VExtend(video_store.MakesDiskVideo, ValidatedNode):
             done[0] = d
             pbar.update_absolute(d, total)
 
-        generator = torch.Generator().manual_seed(seed)
-        if cam is None and apm is None:
-            chunks = pipe.generate(schedule, num_frames, first_chunk=first, generator=generator, callback=callback,
-                                   check_interrupt=mm.throw_exception_if_processing_interrupted, **settings)
-        else:
-            chunks = _generate_with_memory(pipe, schedule, num_frames, first, cam, apm, generator, callback,
-                                           settings, mm.throw_exception_if_processing_interrupted)
+        chunks = pipe.generate(schedule, num_frames, first_chunk=first, generator=torch.Generator().manual_seed(seed),
+                               cam_frames=None if cam is None else cam.frames,
+                               apm_embeds=None if apm is None else (apm.image_embeds, apm.null_embeds),
+                               callback=callback, check_interrupt=mm.throw_exception_if_processing_interrupted,
+                               **settings)
         with video_store.VideoWriter("st2v_extend", DEFAULT_FPS) as writer:
             for chunk in chunks:
                 writer.append(chunk)
@@ -700,7 +550,7 @@ class ST2VRefine(video_store.MakesDiskVideo, ValidatedNode):
                 io.Int.Input("seed", default=33, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Every random draw (the start noise, the blending offsets, the scheduler "
                                      "noise) comes from this seed"),
-                io.Combo.Input("scheduler", options=SCHEDULERS, default=SCHED_FOLDER,
+                io.Combo.Input("scheduler", options=list(SCHEDULERS), default=SCHED_FOLDER,
                                tooltip="The denoising scheduler: the one saved in the refiner folder, DDIM, or "
                                        "DPM++ 2M SDE with trailing spacing as the official enhancer uses"),
                 io.Float.Input("guidance_rescale", default=0.0, min=0.0, max=1.0, step=0.01,
@@ -719,19 +569,18 @@ class ST2VRefine(video_store.MakesDiskVideo, ValidatedNode):
     @classmethod
     def execute(cls, refiner, video, prompt, negative_prompt, strength, chunk, overlap, width, height, steps,
                 guidance, seed, scheduler, guidance_rescale) -> io.NodeOutput:
-        read, count, h, w, fps = _frame_source(video)
-        if count < 1:
-            raise ValueError("the video has no frames")
+        source, fps = _frame_source(video)
+        count = source.num_frames
         chunk_spans(count, chunk, overlap)  # validates the layout
-        geom = plan_geometry(h, w, (width, height), 8)
+        geom = plan_geometry(source.height, source.width, (width, height), 8)
         video_store.require_space(count, geom.content_h, geom.content_w)
         needed = refine_memory_bytes(count, geom)
-        parts = refiner.load(memory_required=needed)
+        model = refiner.load(memory_required=needed)
         require_fits(needed, mm.get_free_memory(mm.get_torch_device()), "the refiner's latents of the whole video",
                      f"on {mm.get_torch_device()}", "refine a shorter video or choose a smaller width/height")
-        sched = _make_scheduler(parts.scheduler_config, scheduler)
+        model = model.with_scheduler(refiner_scheduler(model.scheduler_config, SCHEDULERS[scheduler]))
         batches = -(-count // VAE_FRAMES_PER_CALL)
-        # progress: VAE slices encoded + denoising steps (the refiner reports its count) + VAE slices decoded
+        # progress: VAE slices read + denoising steps (the refiner reports its count) + VAE slices written
         state = {"done": 0, "steps": min(steps, int(round(steps * strength, 6))), "denoised": 0}
         pbar = comfy.utils.ProgressBar(2 * batches + state["steps"])
 
@@ -745,14 +594,22 @@ class ST2VRefine(video_store.MakesDiskVideo, ValidatedNode):
             state["denoised"] = i
             pbar.update_absolute(state["done"], 2 * batches + n)
 
+        def read(start: int, stop: int) -> torch.Tensor:
+            frames = source.read(start, stop)
+            tick()
+            return frames
+
         with video_store.VideoWriter("st2v_refine", fps) as writer:
-            runner = _StreamingRefiner(parts, sched, read, count, writer, tick)
-            runner.refine(torch.empty((count, h, w, 3), device="meta"), prompt, negative_prompt=negative_prompt,
-                          strength=strength, num_inference_steps=steps, guidance_scale=guidance,
-                          guidance_rescale=guidance_rescale, chunk_size=chunk, overlap=overlap,
-                          target_size=(width, height), generator=torch.Generator().manual_seed(seed),
-                          callback=callback, vae_frames_per_call=VAE_FRAMES_PER_CALL,
-                          check_interrupt=mm.throw_exception_if_processing_interrupted)
+            def write(frames: torch.Tensor) -> None:
+                writer.append(frames)
+                tick()
+
+            model.refine(FrameSource(read, count, source.height, source.width), prompt,
+                         negative_prompt=negative_prompt, strength=strength, num_inference_steps=steps,
+                         guidance_scale=guidance, guidance_rescale=guidance_rescale, chunk_size=chunk,
+                         overlap=overlap, target_size=(width, height), generator=torch.Generator().manual_seed(seed),
+                         callback=callback, vae_frames_per_call=VAE_FRAMES_PER_CALL,
+                         check_interrupt=mm.throw_exception_if_processing_interrupted, sink=write)
             out = writer.finish()
         return io.NodeOutput(out)
 
@@ -809,28 +666,6 @@ class ST2VImagesToVideo(video_store.MakesDiskVideo, ValidatedNode):
         return io.NodeOutput(video_store.from_images(images, fps, "images", _progress(pbar)))
 
 
-def _encode_mp4(video: DiskVideo, path: str, fps: float, metadata: dict | None, progress) -> None:
-    """Frame-by-frame H.264 (yuv420p) mp4 with PyAV; odd sizes are padded by one edge pixel."""
-    import av
-    import numpy as np
-
-    w, h = video.width + video.width % 2, video.height + video.height % 2
-    with av.open(path, mode="w", options={"movflags": "use_metadata_tags"}) as container:
-        for key, value in (metadata or {}).items():
-            container.metadata[key] = json.dumps(value)
-        stream = container.add_stream("h264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for i in range(video.count):
-            arr = video.read_uint8(i)
-            if arr.shape[:2] != (h, w):
-                arr = np.pad(arr, ((0, h - arr.shape[0]), (0, w - arr.shape[1]), (0, 0)), mode="edge")
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")):
-                container.mux(packet)
-            progress(i + 1, video.count)
-        for packet in stream.encode(None):
-            container.mux(packet)
-
-
 class ST2VSaveVideo(ValidatedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -860,12 +695,8 @@ class ST2VSaveVideo(ValidatedNode):
             if cls.hidden.prompt is not None:
                 metadata["prompt"] = cls.hidden.prompt
         pbar = comfy.utils.ProgressBar(video.count)
-        try:
-            _encode_mp4(video, path, fps, metadata or None, _progress(pbar))
-        except BaseException:
-            if os.path.exists(path):
-                os.remove(path)
-            raise
+        encode_mp4((video.read_uint8(i) for i in range(video.count)), path, fps, metadata=metadata or None,
+                   progress=lambda done: pbar.update_absolute(done, video.count))
         return io.NodeOutput(ui=ui.PreviewVideo([ui.SavedResult(file, subfolder, io.FolderType.output)]))
 
 

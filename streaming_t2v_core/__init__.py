@@ -8,12 +8,13 @@ from .image_encoder import ImageEncoder, load_image_encoder
 from .loading import load_model
 from .model import StreamingT2VModel
 from .pipeline import GenerationSettings, StreamingT2VPipeline, chunk_plan
-from .refiner import DenoiserAdapter, DiffusersVideoUNetAdapter, RandomizedBlendRefiner
+from .refiner import DenoiserAdapter, DiffusersVideoUNetAdapter, FrameSource, RandomizedBlendRefiner, load_refiner
 from .weights_io import convert_checkpoint, read_checkpoint
 
 __all__ = [
     "DenoiserAdapter",
     "DiffusersVideoUNetAdapter",
+    "FrameSource",
     "GenerationSettings",
     "ImageEncoder",
     "RandomizedBlendRefiner",
@@ -22,6 +23,7 @@ __all__ = [
     "chunk_plan",
     "convert_checkpoint",
     "load_image_encoder",
+    "load_refiner",
     "load_model",
     "metrics",
     "read_checkpoint",

@@ -24,41 +24,18 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from torch import Tensor, nn
 
 from .apm import use_compact_context_processor
+from .unet3d import UNetPartsMixin
 
 COND_CHANNELS = (32, 96, 256, 512)
 CAM_FRAMES = 8
 MERGER_HEAD_DIM = 64
 
 _CAM_PARTS = ("conv_in", "time_proj", "time_embedding", "transformer_in", "down_blocks", "mid_block")
-
-
-def embed_timesteps(time_proj: nn.Module, time_embedding: nn.Module, timestep: Tensor | float | int, batch: int,
-                    dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``time_embedding(time_proj(t))`` for a scalar, ``[1]`` or ``[batch]`` timestep -> ``[batch, D]``."""
-    if torch.is_tensor(timestep):
-        t = timestep.to(device)
-    else:
-        if isinstance(timestep, float):
-            tdtype = torch.float32 if device.type == "mps" else torch.float64
-        else:
-            tdtype = torch.int32 if device.type == "mps" else torch.int64
-        t = torch.tensor([timestep], dtype=tdtype, device=device)
-    if t.dim() == 0:
-        t = t[None]
-    if t.dim() != 1:
-        raise ValueError(f"timestep must be a scalar or [B], got shape {tuple(t.shape)}")
-    if t.shape[0] == 1 and batch != 1:
-        t = t.expand(batch)
-    elif t.shape[0] != batch:
-        raise ValueError(f"timestep has {t.shape[0]} entries for a batch of {batch}")
-    emb = time_proj(t).to(dtype=dtype)
-    return time_embedding(emb)
 
 
 class FrameEncoder(nn.Module):
@@ -136,26 +113,6 @@ class CAMMerger(nn.Module):
         return self.temporal_transformer(sample, condition, num_frames)
 
 
-class UNetPartsMixin:
-    """dtype/device/skip structure of a module that holds a UNet3D's ``conv_in`` and ``down_blocks``."""
-
-    conv_in: nn.Module
-    down_blocks: nn.ModuleList
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv_in.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.conv_in.weight.device
-
-    @property
-    def skip_channels(self) -> list[int]:
-        """Channels of the down residuals / long skips, in order."""
-        return skip_channels(self.conv_in, self.down_blocks)
-
-
 class CAMEncoder(UNetPartsMixin, nn.Module):
     """The CAM encoder: the UNet3D's input, down and mid parts plus the frame encoder (see the module doc).
 
@@ -174,11 +131,7 @@ class CAMEncoder(UNetPartsMixin, nn.Module):
         self.conditioning_channels = conditioning_channels
         self.controlnet_cond_embedding = FrameEncoder(cfg["block_out_channels"][0], conditioning_channels,
                                                       cond_channels)
-        use_compact_context_processor(self._blocks())
-
-    def _blocks(self) -> list[tuple[str, nn.Module]]:
-        return [(f"down_blocks.{i}", b) for i, b in enumerate(self.down_blocks)] + [("mid_block", self.mid_block)]
-
+        use_compact_context_processor(self.named_blocks())
 
     def forward(self, latents: Tensor, timestep: Tensor | float | int, text_embeds: Tensor,
                 cond_frames: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
@@ -200,34 +153,12 @@ class CAMEncoder(UNetPartsMixin, nn.Module):
         if text_embeds.dim() != 3 or text_embeds.shape[0] != b:
             raise ValueError(f"CAM text_embeds must be [B={b},T,D], got {tuple(text_embeds.shape)}")
         dtype, device = self.dtype, self.device
-        emb = embed_timesteps(self.time_proj, self.time_embedding, timestep, b, dtype, device)
-        emb = emb.repeat_interleave(f, dim=0)
+        emb = self.embed_time(timestep, b, f)
         context = text_embeds.to(device=device, dtype=dtype)  # compact: one row per sample
 
         x = latents[:, :, :f].to(device=device, dtype=dtype)
         x = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-        x = self.conv_in(x)
-        x = self.transformer_in(x, num_frames=f, return_dict=False)[0]
         frames = cond_frames.to(device=device, dtype=dtype).reshape(b * f, *cond_frames.shape[2:])
-        x = x + self.controlnet_cond_embedding(frames)
-
-        skips = [x]
-        for block in self.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                x, res = block(hidden_states=x, temb=emb, encoder_hidden_states=context, num_frames=f)
-            else:
-                x, res = block(hidden_states=x, temb=emb, num_frames=f)
-            skips.extend(res)
+        x, skips = self.down_path(x, emb, context, f, features=self.controlnet_cond_embedding(frames))
         x = self.mid_block(x, emb, encoder_hidden_states=context, num_frames=f)
         return tuple(skips), x
-
-
-def skip_channels(conv_in: nn.Conv2d, down_blocks: Sequence[nn.Module]) -> list[int]:
-    """Channels of the UNet3D's long skip tensors: conv_in output, then each down block's resnets and
-    downsampler."""
-    chans = [conv_in.out_channels]
-    for block in down_blocks:
-        chans += [r.out_channels for r in block.resnets]
-        for down in block.downsamplers or []:
-            chans.append(down.out_channels)
-    return chans

@@ -25,6 +25,7 @@ classes; None for the converted files).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -182,3 +183,82 @@ def load_model(checkpoint: PathLike, *, base_config: Mapping[str, Any] | PathLik
     model.source_files = files  # where the weights came from
     model.checkpoint_report = report  # weights_io.CheckpointReport for a full checkpoint (skipped prefixes...)
     return model
+
+
+# ---------------------------------------------------------------------------------------------- file layout
+def checkpoint_stem(path: PathLike) -> str:
+    """``x`` for ``x.base.safetensors`` (or ``.cam``/``.apm``) and for ``x.ckpt``."""
+    path = Path(path)
+    parts = converted_part_paths(path)
+    if parts is not None:
+        return parts["base"].name[: -len(".base.safetensors")]
+    return path.name.rsplit(".", 1)[0]
+
+
+def is_text_to_video_folder(folder: PathLike) -> bool:
+    """Whether ``folder`` is a diffusers text-to-video folder: its ``unet/`` is a ``UNet3DConditionModel`` (the
+    ModelScope base, a zeroscope-class refiner)."""
+    import json
+
+    try:
+        return json.loads((Path(folder) / "unet" / "config.json").read_text()).get("_class_name") == \
+            "UNet3DConditionModel"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+@dataclass(frozen=True)
+class StreamingT2VFiles:
+    """Where the parts of a StreamingT2V model are, from the ModelScope folder, the checkpoint (official ``.ckpt``
+    or converted ``<name>.base.safetensors``) and an optional image-encoder file: the files beside the checkpoint
+    that ``StreamingT2VPipeline.from_files`` needs (:meth:`base_config`, :meth:`encoder_path`,
+    :meth:`encoder_config`) and every file a cache identity should cover (:meth:`files`). ``shared_roots``: folders
+    holding many models, whose ``config.json`` belongs to none of them."""
+
+    modelscope: Path
+    checkpoint: Path
+    image_encoder: Path | None = None
+    shared_roots: tuple[Path, ...] = ()
+
+    def base_config(self) -> Path:
+        """``<name>.config.json`` beside the checkpoint (non-standard sizes), else the ModelScope folder (its UNet
+        config: the StreamingT2V base model is that UNet, fine-tuned)."""
+        beside = self.checkpoint.with_name(f"{checkpoint_stem(self.checkpoint)}.config.json")
+        return beside if beside.is_file() else self.modelscope
+
+    def encoder_path(self) -> Path:
+        """The given image encoder, else ``<name>.image_encoder.safetensors`` beside the checkpoint, else the
+        official checkpoint itself (it holds ``image_encoder.*``)."""
+        if self.image_encoder is not None:
+            return self.image_encoder
+        sibling = self.checkpoint.with_name(f"{checkpoint_stem(self.checkpoint)}.image_encoder.safetensors")
+        if sibling.is_file():
+            return sibling
+        if converted_part_paths(self.checkpoint) is None:
+            return self.checkpoint
+        raise FileNotFoundError(
+            f"no APM image encoder beside the checkpoint: '{sibling.name}' not found in '{sibling.parent}'. Pass "
+            "the OpenCLIP ViT-H/14 weights (CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors) as the image encoder, or "
+            "convert the official checkpoint (python -m streaming_t2v_core.convert).")
+
+    def encoder_config(self) -> Path | None:
+        """``<file>.config.json`` beside the image-encoder file, or ``config.json`` in its own sub-folder (a
+        transformers folder); None: the shipped ViT-H/14 config."""
+        enc = self.encoder_path()
+        if enc == self.checkpoint:
+            return None
+        beside = enc.with_name(f"{enc.name.rsplit('.', 1)[0]}.config.json")
+        if beside.is_file():
+            return beside
+        roots = {Path(p).resolve() for p in self.shared_roots}
+        folder_cfg = enc.parent / "config.json"
+        if folder_cfg.is_file() and enc.parent.resolve() not in roots:
+            return folder_cfg
+        return None
+
+    def files(self) -> list[Path]:
+        """The ModelScope folder, every checkpoint part, the image encoder and the configs found."""
+        parts = converted_part_paths(self.checkpoint)
+        ckpt = list(parts.values()) if parts is not None else [self.checkpoint]
+        extra = [self.base_config(), self.encoder_config()]
+        return [self.modelscope, *ckpt, self.encoder_path(), *[p for p in extra if p is not None]]

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from .apm import (IMAGE_EMBED_DIM, IMAGE_TOKENS, RESAMPLER_INNER_DIM, TEXT_TOKENS, ImageContextResampler,
                   attach_apm_layers, use_compact_context_processor)
-from .cam import CAM_FRAMES, COND_CHANNELS, CAMEncoder, CAMMerger, UNetPartsMixin, embed_timesteps
+from .cam import CAM_FRAMES, COND_CHANNELS, CAMEncoder, CAMMerger
+from .unet3d import UNetPartsMixin
 
 SHIPPED_UNET_CONFIG = Path(__file__).resolve().parent / "configs" / "modelscope" / "unet" / "config.json"
 CHUNK_FRAMES = 16
@@ -91,8 +92,7 @@ class StreamingUNet3D(UNetPartsMixin, nn.Module):
         self.cross_attention_merger_down_blocks = nn.ModuleList(
             CAMMerger(c) for c in self.skip_channels)
         self.cross_attention_merger_mid_block = CAMMerger(cfg["block_out_channels"][-1])
-        blocks = ([(f"down_blocks.{i}", b) for i, b in enumerate(self.down_blocks)] + [("mid_block", self.mid_block)]
-                  + [(f"up_blocks.{i}", b) for i, b in enumerate(self.up_blocks)])
+        blocks = self.named_blocks() + [(f"up_blocks.{i}", b) for i, b in enumerate(self.up_blocks)]
         if apm:
             self.apm_layer_names = attach_apm_layers(blocks, text_tokens=text_tokens, image_tokens=image_tokens)
         else:
@@ -111,21 +111,11 @@ class StreamingUNet3D(UNetPartsMixin, nn.Module):
         if encoder_hidden_states.dim() != 3 or encoder_hidden_states.shape[0] != b:
             raise ValueError(f"encoder_hidden_states must be [B={b},T,D], got {tuple(encoder_hidden_states.shape)}")
         dtype, device = self.dtype, self.device
-        emb = embed_timesteps(self.time_proj, self.time_embedding, timestep, b, dtype, device)
-        emb = emb.repeat_interleave(f, dim=0)
+        emb = self.embed_time(timestep, b, f)
         context = encoder_hidden_states.to(device=device, dtype=dtype)  # compact: repeated per frame in attention
 
         x = sample.to(device=device, dtype=dtype).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-        x = self.conv_in(x)
-        x = self.transformer_in(x, num_frames=f, return_dict=False)[0]
-
-        skips: list[Tensor] = [x]
-        for block in self.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                x, res = block(hidden_states=x, temb=emb, encoder_hidden_states=context, num_frames=f)
-            else:
-                x, res = block(hidden_states=x, temb=emb, num_frames=f)
-            skips.extend(res)
+        x, skips = self.down_path(x, emb, context, f)
 
         if cam_residuals is not None:
             down_res, mid_res = cam_residuals

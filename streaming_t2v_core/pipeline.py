@@ -225,17 +225,48 @@ class StreamingT2VPipeline:
             progress()
         return self.decode(latents)
 
+    @torch.no_grad()
+    def anchor_embeddings(self, anchor: Tensor) -> tuple[Tensor, Tensor]:
+        """The APM (long-term) memory of an anchor: ``(image_embeds, null_embeds)``, both ``[1, D]`` in the
+        pipeline's dtype and device: the CLIP image embedding of frame 0 of ``anchor`` (``[n, H, W, 3]`` in [0, 1])
+        and the unconditional one (a mid-grey image of the anchor's size). ``generate`` uses frame 0 of the first
+        chunk unless given ``apm_embeds``."""
+        if not isinstance(anchor, Tensor) or anchor.dim() != 4 or anchor.shape[0] < 1 or anchor.shape[-1] != 3:
+            raise ValueError(f"anchor must be frames [n, H, W, 3] with n >= 1, got "
+                             f"{tuple(anchor.shape) if isinstance(anchor, Tensor) else type(anchor).__name__}")
+        frame = check_finite(anchor[:1], "APM anchor frame").float().clamp(0, 1).cpu()
+        x = (frame.permute(0, 3, 1, 2) * 2 - 1).to(self.device, self.dtype)
+        image_embeds = self.image_encoder(x).to(self.dtype)
+        null_embeds = self.image_encoder.null_embedding(1, tuple(frame.shape[1:3])).to(self.dtype)
+        return image_embeds, null_embeds
+
     # ------------------------------------------------------------------ generation
     def generate(self, prompt: str | Sequence[str], num_frames: int, *, generator: torch.Generator | None = None,
                  callback: ProgressCallback | None = None, first_chunk: Tensor | None = None,
+                 cam_frames: Tensor | None = None, apm_embeds: tuple[Tensor, Tensor] | None = None,
                  check_interrupt: InterruptCheck | None = None, **settings: Any) -> Iterator[Tensor]:
         """Yield the video chunk by chunk: ``[16, H, W, 3]`` first (fewer if ``num_frames < 16``), then ``[8, H, W,
         3]`` per extension (the last one trimmed to ``num_frames``). ``prompt``: a string or a per-chunk schedule
         (the last entry repeats). ``first_chunk``: optional ``[16, H, W, 3]`` frames to start from instead of the
-        ModelScope base. ``callback(done, total)`` counts denoising steps; raising from it cancels.
-        ``check_interrupt()`` runs before every denoising step (UNet call); raising from it cancels."""
+        ModelScope base. ``cam_frames``: optional short-term memory of the first extension chunk, ``[n >= 8, H, W,
+        3]`` (the last 8 are used; default: the first chunk's last 8 frames; later chunks always use the chunk
+        before them). ``apm_embeds``: optional long-term memory ``(image_embeds, null_embeds)``, both ``[1, D]``
+        (:meth:`anchor_embeddings`; default: those of frame 0 of the first chunk). ``callback(done, total)``
+        counts denoising steps; raising from it cancels. ``check_interrupt()`` runs before every denoising step
+        (UNet call); raising from it cancels."""
         s = GenerationSettings(**settings)
         s.validate()
+        if cam_frames is not None:
+            if (not isinstance(cam_frames, Tensor) or cam_frames.dim() != 4 or cam_frames.shape[0] < COND_FRAMES
+                    or cam_frames.shape[-1] != 3):
+                raise ValueError(f"cam_frames must be [n >= {COND_FRAMES}, H, W, 3], got "
+                                 f"{tuple(getattr(cam_frames, 'shape', ()))}")
+            if tuple(cam_frames.shape[1:3]) != (s.height, s.width):
+                raise ValueError(f"cam_frames are {cam_frames.shape[2]}x{cam_frames.shape[1]} but the video is "
+                                 f"{s.width}x{s.height}: the short-term memory must have the video's size")
+        if apm_embeds is not None:
+            if len(apm_embeds) != 2 or any(not isinstance(e, Tensor) or e.dim() != 2 for e in apm_embeds):
+                raise ValueError("apm_embeds must be (image_embeds [1, D], null_embeds [1, D])")
         extensions, _ = chunk_plan(num_frames)
         prompts = expand_prompts(prompt, extensions + 1)
         total = (0 if first_chunk is not None else s.first_steps) + extensions * s.steps
@@ -262,9 +293,12 @@ class StreamingT2VPipeline:
         yield chunk[:emitted]
         if not extensions:
             return
-        anchor = (chunk[:1].permute(0, 3, 1, 2) * 2 - 1).to(self.device, self.dtype)
-        image_embeds = self.image_encoder(anchor).to(self.dtype)
-        null_embeds = self.image_encoder.null_embedding(1, (s.height, s.width)).to(self.dtype)
+        if apm_embeds is None:
+            image_embeds, null_embeds = self.anchor_embeddings(chunk)
+        else:
+            image_embeds, null_embeds = (e.to(self.device, self.dtype) for e in apm_embeds)
+        if cam_frames is not None:
+            chunk = cam_frames[-COND_FRAMES:].float().clamp(0, 1).cpu()
         for i in range(1, extensions + 1):
             chunk = self.extend_chunk(chunk, image_embeds, null_embeds, self.encode_text(prompts[i:i + 1]),
                                       negative, s, generator, progress, check_interrupt)

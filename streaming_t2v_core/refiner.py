@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -94,16 +94,20 @@ from .finite import check_finite
 
 __all__ = [
     "RandomizedBlendRefiner",
+    "REFINER_SCHEDULERS",
     "DenoiserAdapter",
+    "FrameSource",
     "DiffusersVideoUNetAdapter",
     "PadGeometry",
     "blend_x0",
     "chunk_starts",
     "chunk_spans",
     "draw_offsets",
+    "load_refiner",
     "plan_geometry",
     "prepare_frames",
     "refine_memory_bytes",
+    "refiner_scheduler",
     "rescale_guidance",
 ]
 
@@ -170,32 +174,40 @@ def _write_chunk(dst: torch.Tensor, value: torch.Tensor, start: int, offset: int
 
 
 def blend_x0(
-    chunks_x0: Sequence[torch.Tensor],
+    chunks_x0: Iterable[torch.Tensor],
     starts: Sequence[int],
     offsets: Sequence[int],
     num_frames: int,
     *,
     frame_dim: int = 2,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Randomized blending of per-chunk predictions (the official write rule).
+    """Randomized blending of per-chunk predictions (the official write rule); :meth:`RandomizedBlendRefiner.refine`
+    blends every model call's chunk outputs with it.
 
     ``chunks_x0[k]`` holds chunk ``k``'s prediction for frames ``starts[k] : starts[k] + len_k`` along
     ``frame_dim`` (default 2: diffusers video latents ``[B, C, F, h, w]``).  Chunk 0 writes all its frames;
     chunk ``k >= 1`` writes its frames from ``starts[k] + offsets[k]`` on, overwriting what earlier chunks
     wrote there.  ``offsets[0]`` must be 0.  Raises ``ValueError`` if the writes would leave a frame uncovered.
+    ``chunks_x0`` may be any iterable (e.g. a generator computing each chunk when asked, so only one chunk's
+    prediction exists at a time); ``out``: the tensor to write into (default: a new one).
     Also valid for model outputs (eps/v): see the module docstring for why that equals blending in x0 space.
     """
-    if not (len(chunks_x0) == len(starts) == len(offsets)) or not chunks_x0:
+    if len(starts) != len(offsets) or not starts:
         raise ValueError("chunks_x0, starts and offsets must be non-empty and of equal length")
     if offsets[0] != 0:
         raise ValueError("offsets[0] must be 0: chunk 0 writes all its frames")
-    ref = chunks_x0[0]
-    frame_dim = frame_dim % ref.ndim
-    shape = list(ref.shape)
-    shape[frame_dim] = num_frames
-    out = ref.new_empty(shape)
-    covered = 0
-    for k, (x, s, o) in enumerate(zip(chunks_x0, starts, offsets)):
+    covered, count = 0, 0
+    for k, x in enumerate(chunks_x0):
+        if k >= len(starts):
+            raise ValueError("chunks_x0, starts and offsets must be non-empty and of equal length")
+        if out is None:
+            shape = list(x.shape)
+            frame_dim = frame_dim % x.ndim
+            shape[frame_dim] = num_frames
+            out = x.new_empty(shape)
+        frame_dim = frame_dim % out.ndim
+        s, o = starts[k], offsets[k]
         n = x.shape[frame_dim]
         if s < 0 or s + n > num_frames:
             raise ValueError(f"chunk {k} (start {s}, {n} frames) does not fit in {num_frames} frames")
@@ -205,6 +217,9 @@ def blend_x0(
             raise ValueError(f"chunk {k} writes from frame {s + o}, leaving frames {covered}..{s + o - 1} unset")
         _write_chunk(out, x, s, o, frame_dim)
         covered = max(covered, s + n)
+        count += 1
+    if count != len(starts):
+        raise ValueError("chunks_x0, starts and offsets must be non-empty and of equal length")
     if covered != num_frames:
         raise ValueError(f"chunks cover {covered} of {num_frames} frames")
     return out
@@ -421,6 +436,28 @@ def _as_embeds(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+FrameSink = Callable[[torch.Tensor], None]  # receives the refined frames [n, H', W', 3] in order, slice by slice
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """Frames ``refine`` reads slice by slice instead of one tensor: ``read(start, stop)`` returns frames
+    ``start:stop`` as ``[n, height, width, 3]`` float in [0, 1] (e.g. from disk), so no tensor of the whole video
+    needs to exist."""
+
+    read: Callable[[int, int], torch.Tensor]
+    num_frames: int
+    height: int
+    width: int
+
+    @classmethod
+    def of(cls, frames: torch.Tensor) -> "FrameSource":
+        """An in-memory ``[N, H, W, 3]`` tensor as a source."""
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+            raise ValueError(f"frames must be [N, H, W, 3] with N >= 1, got {tuple(frames.shape)}")
+        return cls(lambda a, b: frames[a:b], frames.shape[0], frames.shape[1], frames.shape[2])
+
+
 class RandomizedBlendRefiner:
     """SDEdit over a long video in overlapping chunks with randomized x0 blending (module docstring)."""
 
@@ -432,6 +469,14 @@ class RandomizedBlendRefiner:
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.adapter = adapter if adapter is not None else DiffusersVideoUNetAdapter()
+        self.scheduler_config: Optional[dict] = None  # the folder's scheduler config (set by load_refiner)
+
+    def with_scheduler(self, scheduler) -> "RandomizedBlendRefiner":
+        """The same models (shared, not copied) with another scheduler."""
+        other = RandomizedBlendRefiner(self.unet, self.vae, scheduler, self.text_encoder, self.tokenizer,
+                                       adapter=self.adapter)
+        other.scheduler_config = self.scheduler_config
+        return other
 
     # --- pieces -------------------------------------------------------------------------------------------
     def _timesteps(self, scheduler, num_inference_steps: int, strength: float, device) -> torch.Tensor:
@@ -457,28 +502,39 @@ class RandomizedBlendRefiner:
         return torch.cat([uncond, cond])
 
     @torch.no_grad()
-    def encode_video(self, frames: torch.Tensor, geom: PadGeometry, frames_per_call: int,
+    def encode_video(self, frames: Union[torch.Tensor, FrameSource], geom: PadGeometry, frames_per_call: int,
                      device) -> torch.Tensor:
-        """``[N, H, W, 3]`` -> latents ``[1, C, N, h, w]`` (float32, on ``device``), prepared per batch."""
-        check_finite(frames, "refiner input frames")
+        """``[N, H, W, 3]`` frames (or a :class:`FrameSource`, read ``frames_per_call`` frames at a time) ->
+        latents ``[1, C, N, h, w]`` (float32, on ``device``), prepared per batch."""
+        source = frames if isinstance(frames, FrameSource) else FrameSource.of(frames)
         chunks = []
-        for i in range(0, frames.shape[0], frames_per_call):
-            px = prepare_frames(frames[i:i + frames_per_call], geom)
+        for i in range(0, source.num_frames, frames_per_call):
+            batch = check_finite(source.read(i, min(i + frames_per_call, source.num_frames)), "refiner input frames")
+            px = prepare_frames(batch, geom)
             chunks.append(self.adapter.encode_frames(self.vae, px).to(device, torch.float32))
         return torch.cat(chunks).permute(1, 0, 2, 3).unsqueeze(0)
 
     @torch.no_grad()
     def decode_video(self, latents: torch.Tensor, geom: PadGeometry, frames_per_call: int,
-                     out_device) -> torch.Tensor:
-        """Latents ``[1, C, N, h, w]`` -> ``[N, content_h, content_w, 3]`` in [0, 1], padding cropped."""
+                     out_device=None, sink: Optional[FrameSink] = None) -> Optional[torch.Tensor]:
+        """Latents ``[1, C, N, h, w]`` -> ``[N, content_h, content_w, 3]`` in [0, 1], padding cropped, decoded
+        ``frames_per_call`` frames at a time. With ``sink`` each decoded slice goes to ``sink`` (float32, on the CPU)
+        in order and nothing is returned; else the frames come back as one tensor on ``out_device``."""
         lat = latents[0].permute(1, 0, 2, 3)
         n = lat.shape[0]
-        out = torch.empty((n, geom.content_h, geom.content_w, 3), dtype=torch.float32, device=out_device)
+        out = None
+        if sink is None:
+            out = torch.empty((n, geom.content_h, geom.content_w, 3), dtype=torch.float32, device=out_device)
         for i in range(0, n, frames_per_call):
             px = self.adapter.decode_latents(self.vae, lat[i:i + frames_per_call])
             px = px[:, :, geom.top:geom.top + geom.content_h, geom.left:geom.left + geom.content_w]
-            out[i:i + px.shape[0]] = ((px.clamp(-1.0, 1.0) + 1.0) / 2.0).permute(0, 2, 3, 1).to(out_device)
-        return check_finite(out, "refiner output", "the refiner model produced non-finite values: try dtype float32")
+            px = check_finite(((px.clamp(-1.0, 1.0) + 1.0) / 2.0).permute(0, 2, 3, 1), "refiner output",
+                              "the refiner model produced non-finite values: try dtype float32")
+            if sink is None:
+                out[i:i + px.shape[0]] = px.to(out_device)
+            else:
+                sink(px.cpu())
+        return out
 
     def _predict_chunk(self, model_in, t, embeds, do_cfg, guidance_scale, guidance_rescale, unet_dtype):
         x = model_in.to(unet_dtype)
@@ -493,7 +549,7 @@ class RandomizedBlendRefiner:
     @torch.no_grad()
     def refine(
         self,
-        frames: torch.Tensor,
+        frames: Union[torch.Tensor, FrameSource],
         prompt: str = "",
         *,
         negative_prompt: str = "",
@@ -510,10 +566,16 @@ class RandomizedBlendRefiner:
         negative_prompt_embeds: Optional[torch.Tensor] = None,
         vae_frames_per_call: int = 8,
         check_interrupt: Optional[Callable[[], None]] = None,
-    ) -> torch.Tensor:
+        sink: Optional[FrameSink] = None,
+    ) -> Optional[torch.Tensor]:
         """Refine ``frames [N, H, W, 3]`` (float, [0, 1]) -> ``[N, H', W', 3]`` (float32, [0, 1], on the input's
         device), where ``H' x W'`` is the frame fitted into ``target_size=(W, H)`` (padding cropped) or the
         input size when ``target_size`` is None.
+
+        Long videos: ``frames`` may be a :class:`FrameSource` (read ``vae_frames_per_call`` frames at a time) and
+        ``sink(frames)`` receives the output slice by slice, in order (float32, CPU; then nothing is returned), so
+        no frame tensor of the whole video exists; the latents of the whole video do (randomized blending denoises
+        every chunk at every step: :func:`refine_memory_bytes`). Same frames as the in-memory call.
 
         ``num_inference_steps`` is the full schedule (diffusers img2img convention); ``int(steps*strength)``
         model calls run, each with one UNet pass per chunk (batch 2 with CFG when ``guidance_scale > 1``).
@@ -522,22 +584,24 @@ class RandomizedBlendRefiner:
         raising from it cancels the run (the exception propagates).  ``check_interrupt()`` runs before every UNet
         call (one per chunk and step); raising from it cancels within one chunk.  ``guidance_rescale`` (0 = off; the
         official enhancer uses 0.2) rescales the guided output per chunk."""
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-            raise ValueError(f"frames must be [N, H, W, 3] with N >= 1, got {tuple(frames.shape)}")
+        source = frames if isinstance(frames, FrameSource) else FrameSource.of(frames)
+        if source.num_frames < 1:
+            raise ValueError("the frame source has no frames")
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
         if num_inference_steps < 1:
             raise ValueError("num_inference_steps must be >= 1")
         if vae_frames_per_call < 1:
             raise ValueError("vae_frames_per_call must be >= 1")
-        num_frames = frames.shape[0]
+        num_frames = source.num_frames
         spans = chunk_spans(num_frames, chunk_size, overlap)  # validates chunk/overlap
+        starts = [s for s, _ in spans]
         device, unet_dtype = self.adapter.device_dtype(self.unet)
-        geom = plan_geometry(frames.shape[1], frames.shape[2], target_size, self.adapter.latent_multiple(self.vae))
+        geom = plan_geometry(source.height, source.width, target_size, self.adapter.latent_multiple(self.vae))
 
         scheduler = _fresh_scheduler(self.scheduler)
         timesteps = self._timesteps(scheduler, num_inference_steps, strength, device)
-        latents = self.encode_video(frames, geom, vae_frames_per_call, device)
+        latents = self.encode_video(source, geom, vae_frames_per_call, device)
 
         if len(timesteps) > 0:
             do_cfg = guidance_scale > 1.0
@@ -557,16 +621,87 @@ class RandomizedBlendRefiner:
             for i, t in enumerate(timesteps):
                 model_in = scheduler.scale_model_input(latents, t)
                 offsets = draw_offsets(spans, offset_gen)
-                blended = torch.empty_like(latents)
-                for (s, e), off in zip(spans, offsets):
-                    if check_interrupt is not None:
-                        check_interrupt()
-                    out = self._predict_chunk(model_in[:, :, s:e], t, embeds, do_cfg, guidance_scale,
-                                              guidance_rescale, unet_dtype)
-                    _write_chunk(blended, out, s, off, frame_dim=2)
+
+                def chunk_outputs():  # one chunk's model output at a time, as blend_x0 writes them
+                    for s, e in spans:
+                        if check_interrupt is not None:
+                            check_interrupt()
+                        yield self._predict_chunk(model_in[:, :, s:e], t, embeds, do_cfg, guidance_scale,
+                                                  guidance_rescale, unet_dtype)
+
+                blended = blend_x0(chunk_outputs(), starts, offsets, num_frames, out=torch.empty_like(latents))
                 del model_in
                 latents = scheduler.step(blended, t, latents, return_dict=False, **step_kwargs)[0].float()
                 if callback is not None:
                     callback(i + 1, total)
 
-        return self.decode_video(latents, geom, vae_frames_per_call, frames.device)
+        out_device = frames.device if isinstance(frames, torch.Tensor) else torch.device("cpu")
+        return self.decode_video(latents, geom, vae_frames_per_call, out_device, sink)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading a refiner folder
+# ----------------------------------------------------------------------------------------------------------
+
+#: refiner scheduler choices: the one saved in the folder, DDIM (trailing spacing), DPM++ 2M SDE (trailing spacing,
+#: as the official enhancer)
+REFINER_SCHEDULERS = ("folder", "ddim", "dpm-sde")
+REFINER_PARTS = ("unet", "vae", "text_encoder", "tokenizer")
+
+
+def refiner_scheduler(config: dict, kind: str = "folder"):
+    """A diffusers scheduler from a refiner folder's scheduler config: ``"folder"`` the class the config names
+    (DDIM, with a warning, when diffusers has no such class), ``"ddim"`` DDIM with trailing spacing, ``"dpm-sde"``
+    DPM++ 2M SDE with trailing spacing (the official enhancer's)."""
+    import logging
+
+    import diffusers
+
+    if kind == "ddim":
+        return diffusers.DDIMScheduler.from_config(config, timestep_spacing="trailing")
+    if kind == "dpm-sde":
+        return diffusers.DPMSolverMultistepScheduler.from_config(
+            config, algorithm_type="sde-dpmsolver++", solver_order=2, timestep_spacing="trailing")
+    if kind != "folder":
+        raise ValueError(f"unknown refiner scheduler {kind!r}: pick one of {', '.join(REFINER_SCHEDULERS)}")
+    name = config.get("_class_name", "DDIMScheduler")
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "from_config"):
+        logging.getLogger(__name__).warning(
+            "stream-video-diffusion: unknown scheduler %s in the refiner folder; using DDIM", name)
+        cls = diffusers.DDIMScheduler
+    return cls.from_config(config)
+
+
+def load_refiner(folder, *, scheduler: str = "folder", dtype: torch.dtype = torch.float32,
+                 device="cpu") -> RandomizedBlendRefiner:
+    """A :class:`RandomizedBlendRefiner` from a diffusers text-to-video folder (zeroscope-XL class: ``unet/``
+    UNet3DConditionModel, ``vae/`` AutoencoderKL, ``text_encoder/`` CLIP text, ``tokenizer/``, optional
+    ``scheduler/scheduler_config.json``, else the ModelScope DDIM config). ``scheduler``: see
+    :func:`refiner_scheduler`; the folder's config stays in ``refiner.scheduler_config`` for
+    :meth:`RandomizedBlendRefiner.with_scheduler`. Nothing is downloaded."""
+    import json
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from .pipeline import SCHEDULER_CONFIG
+
+    folder = Path(folder).expanduser()
+    missing = [part for part in REFINER_PARTS if not (folder / part).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"refiner folder incomplete: no {', '.join(m + '/' for m in missing)} in '{folder}' (expected a "
+            "diffusers text-to-video folder such as zeroscope_v2_XL: unet/ vae/ text_encoder/ tokenizer/ "
+            "scheduler/)")
+    kw = dict(torch_dtype=dtype, local_files_only=True)
+    unet = UNet3DConditionModel.from_pretrained(folder / "unet", **kw).to(device).eval()
+    vae = AutoencoderKL.from_pretrained(folder / "vae", **kw).to(device).eval()
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw).to(device).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    sched = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads((sched if sched.is_file() else SCHEDULER_CONFIG).read_text())
+    refiner = RandomizedBlendRefiner(unet, vae, refiner_scheduler(config, scheduler), text_encoder, tokenizer)
+    refiner.scheduler_config = config
+    return refiner

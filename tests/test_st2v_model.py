@@ -277,6 +277,66 @@ def test_base_forward_equals_diffusers_unet3d(rand, shape):
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+@torch.no_grad()
+def test_cam_down_path_equals_diffusers_unet3d(rand):
+    """The CAM encoder walks the same shared down path as the base UNet: its residuals are diffusers'
+    UNet3DConditionModel's long skips and mid output on the first 8 frames, with the frame encoding added to the
+    transformer_in output."""
+    from diffusers import UNet3DConditionModel
+
+    cam = rand.unet
+    torch.manual_seed(12)
+    ref = UNet3DConditionModel(**TINY_ST2V_UNET_CONFIG).eval()
+    result = ref.load_state_dict({k: v for k, v in cam.state_dict().items() if k in ref.state_dict()}, strict=False)
+    assert result.missing_keys and all(k.startswith(("up_blocks.", "conv_norm_out.", "conv_out."))
+                                       for k in result.missing_keys)
+    g = torch.Generator().manual_seed(6)
+    b, f = 2, cam.num_frames
+    lat = torch.randn(b, 4, 16, LATENT, LATENT, generator=g)
+    text = torch.randn(b, 77, 1024, generator=g)
+    frames = torch.rand(b, f, 3, 8 * LATENT, 8 * LATENT, generator=g) * 2 - 1
+    t = torch.tensor([999, 3])
+    down, mid = cam(lat, t, text, frames)
+
+    features = cam.controlnet_cond_embedding(frames.reshape(b * f, 3, 8 * LATENT, 8 * LATENT))
+    seen = {"skips": []}
+    hooks = [ref.transformer_in.register_forward_hook(lambda m, a, out: (out[0] + features,)),
+             ref.mid_block.register_forward_hook(lambda m, a, out: seen.__setitem__("mid", out))]
+    hooks.append(ref.transformer_in.register_forward_hook(lambda m, a, out: seen["skips"].append(out[0])))
+    hooks += [blk.register_forward_hook(lambda m, a, out: seen["skips"].extend(out[1])) for blk in ref.down_blocks]
+    try:
+        ref(lat[:, :, :f], t, text)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(down) == len(seen["skips"]) == len(cam.skip_channels)
+    for ours, theirs in zip(down, seen["skips"]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mid, seen["mid"], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("timestep", [501, 501.5, torch.tensor(7), torch.tensor([999]), torch.tensor([999, 3])])
+def test_timestep_embedding_equals_diffusers_unet3d(rand, timestep):
+    """One timestep embedding for both callers, diffusers' own: scalar, float, 0-d, [1] and [B] timesteps."""
+    from diffusers import UNet3DConditionModel
+
+    ref = UNet3DConditionModel(**TINY_ST2V_UNET_CONFIG).eval()
+    ref.load_state_dict({k: v for k, v in rand.base_model.state_dict().items() if k in ref.state_dict()})
+    b, f = 2, 3
+    seen = {}
+    hook = ref.down_blocks[0].register_forward_pre_hook(lambda m, a, kw: seen.__setitem__("temb", kw["temb"]),
+                                                        with_kwargs=True)
+    try:
+        ref(torch.zeros(b, 4, f, 4, 4), timestep, torch.zeros(b, 77, 1024))
+    finally:
+        hook.remove()
+    for part in (rand.base_model, rand.unet):
+        torch.testing.assert_close(part.embed_time(timestep, b, f), seen["temb"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="timestep has 3 entries for a batch of 2"):
+        rand.base_model.embed_time(torch.tensor([1, 2, 3]), b, f)
+
+
 # ------------------------------------------------------------------------------------------------------------ (5)
 @torch.no_grad()
 def test_mid_block_consumes_the_unmerged_last_down_output(rand, inputs):

@@ -6,36 +6,15 @@ import shutil
 
 import pytest
 import torch
-from st2v_tiny import TINY_ST2V_UNET_CONFIG, TOKENIZER_DIR, clip_tokenizer, tiny_st2v_model
+from st2v_tiny import ST2V_FAST as FAST, TINY_ST2V_UNET_CONFIG, TINY_ST2V_VIT_CONFIG, tiny_st2v_components
+from st2v_tiny import write_modelscope_folder, write_st2v_parts
 
 from streaming_t2v_core.pipeline import StreamingT2VPipeline, chunk_plan, expand_prompts
-
-TINY_TEXT = dict(hidden_size=1024, intermediate_size=64, num_hidden_layers=1, num_attention_heads=16,
-                 vocab_size=49408, max_position_embeddings=77)
-TINY_VIT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=56,
-                patch_size=14, projection_dim=1024)
-TINY_VAE = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4,
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-FAST = dict(height=64, width=64, first_steps=2, steps=2)
-
-
-def _components(seed: int = 0):
-    from diffusers import AutoencoderKL, UNet3DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(seed)
-    first = UNet3DConditionModel(**TINY_ST2V_UNET_CONFIG).eval()
-    text = CLIPTextModel(CLIPTextConfig(**TINY_TEXT)).eval()
-    vae = AutoencoderKL(**TINY_VAE).eval()
-    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_VIT)).eval()
-    tok = clip_tokenizer()
-    return dict(model=tiny_st2v_model(seed), first_unet=first, text_encoder=text, tokenizer=tok, vae=vae,
-                vision=vision)
 
 
 @pytest.fixture(scope="module")
 def parts():
-    return _components()
+    return tiny_st2v_components()
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +82,36 @@ def test_bad_input(pipe):
         list(pipe.generate("x", 24, first_chunk=torch.zeros(8, 64, 64, 3), **FAST))
 
 
+def test_cam_and_apm_memory_inputs(pipe):
+    """``generate(cam_frames=..., apm_embeds=...)``: the default memory given explicitly (the first chunk's last 8
+    frames, frame 0's embeddings) gives generate()'s frames exactly; another clip's memory changes the extension
+    (not the first chunk); the CAM only conditions the first extension, the APM every chunk."""
+    first = pipe("a cat", 16, generator=torch.Generator().manual_seed(6), **FAST)
+    other = pipe("a dog", 16, generator=torch.Generator().manual_seed(7), **FAST)
+
+    def run(**memory):
+        return pipe("a cat", 32, first_chunk=first, generator=torch.Generator().manual_seed(8), **FAST, **memory)
+
+    plain = run()
+    assert torch.equal(run(cam_frames=first[-8:], apm_embeds=pipe.anchor_embeddings(first)), plain)
+    assert torch.equal(run(cam_frames=first), plain)  # longer clips: the last 8 frames
+    cam = run(cam_frames=other)
+    apm = run(apm_embeds=pipe.anchor_embeddings(other[3:]))
+    for video in (cam, apm):
+        assert torch.equal(video[:16], plain[:16]) and not torch.equal(video[16:24], plain[16:24])
+    # the CAM of the second extension is the first extension's output, so only the APM run keeps differing for the
+    # same reason; both runs' later chunks still follow from their (different) previous chunks
+    assert not torch.equal(apm[24:], plain[24:])
+    with pytest.raises(ValueError, match="cam_frames must be"):
+        run(cam_frames=first[:7])
+    with pytest.raises(ValueError, match="short-term memory must have the video's size"):
+        run(cam_frames=torch.zeros(8, 128, 64, 3))
+    with pytest.raises(ValueError, match="apm_embeds must be"):
+        run(apm_embeds=pipe.anchor_embeddings(other)[0])
+    with pytest.raises(ValueError, match="anchor must be frames"):
+        pipe.anchor_embeddings(torch.zeros(0, 64, 64, 3))
+
+
 def _live_frame_elements() -> int:
     gc.collect()
     return sum(t.numel() for t in gc.get_objects()
@@ -129,21 +138,14 @@ def test_bounded_memory_64_vs_256_frames(pipe):
 
 
 def test_from_files(parts, pipe, tmp_path):
-    from safetensors.torch import save_file
-
-    folder = tmp_path / "text-to-video-ms"
-    parts["first_unet"].save_pretrained(folder / "unet")
-    parts["text_encoder"].save_pretrained(folder / "text_encoder")
-    parts["vae"].save_pretrained(folder / "vae")
-    shutil.copytree(TOKENIZER_DIR, folder / "tokenizer")
-    sd = parts["model"].state_dict()
-    for part, prefix in (("base", "base_model."), ("cam", "unet."), ("apm", "resampler.")):
-        save_file({k[len(prefix):]: v.contiguous() for k, v in sd.items() if k.startswith(prefix)},
-                  tmp_path / f"st2v.{part}.safetensors")
+    folder = write_modelscope_folder(tmp_path / "text-to-video-ms", parts["first_unet"], parts["text_encoder"],
+                                     parts["vae"])
+    write_st2v_parts(parts["model"], tmp_path, "st2v")
     parts["vision"].save_pretrained(tmp_path / "clip_vision")
     loaded = StreamingT2VPipeline.from_files(folder, tmp_path / "st2v.base.safetensors",
                                              image_encoder=tmp_path / "clip_vision" / "model.safetensors",
-                                             base_config=TINY_ST2V_UNET_CONFIG, image_encoder_config=TINY_VIT)
+                                             base_config=TINY_ST2V_UNET_CONFIG,
+                                             image_encoder_config=TINY_ST2V_VIT_CONFIG)
     a = loaded("a cat", 24, generator=torch.Generator().manual_seed(5), **FAST)
     b = pipe("a cat", 24, generator=torch.Generator().manual_seed(5), **FAST)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
@@ -153,7 +155,7 @@ def test_from_files(parts, pipe, tmp_path):
     from streaming_t2v_core.cli import main
 
     (tmp_path / "base.json").write_text(json.dumps(TINY_ST2V_UNET_CONFIG))
-    (tmp_path / "vit.json").write_text(json.dumps(TINY_VIT))
+    (tmp_path / "vit.json").write_text(json.dumps(TINY_ST2V_VIT_CONFIG))
     out = tmp_path / "frames"
     rc = main(["--modelscope", str(folder), "--checkpoint", str(tmp_path / "st2v.base.safetensors"),
                "--image-encoder", str(tmp_path / "clip_vision" / "model.safetensors"), "--base-config",
@@ -168,7 +170,7 @@ def test_from_files(parts, pipe, tmp_path):
 @pytest.mark.parametrize("stop", [2, 5])  # in the first chunk, in the extension
 def test_check_interrupt_stops_within_one_denoising_step(pipe, stop):
     """3 first-chunk steps + 3 extension steps = 6 UNet calls: Cancel stops before the next one."""
-    from test_engine import Stop, stop_at
+    from cancel_hooks import Stop, stop_at
 
     calls = []
     handles = [m.register_forward_pre_hook(lambda *_: calls.append(1)) for m in (pipe.first_unet, pipe.model)]

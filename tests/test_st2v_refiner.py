@@ -2,12 +2,11 @@
 preparation (resize + pad + crop), frame counts and end-to-end runs on tiny random models."""
 from __future__ import annotations
 
-
 import pytest
 import torch
-from st2v_tiny import clip_tokenizer
-from diffusers import (AutoencoderKL, AutoencoderTiny, DDIMScheduler, DPMSolverMultistepScheduler,
-                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, UNet3DConditionModel)
+from diffusers import AutoencoderTiny, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
+from diffusers import EulerDiscreteScheduler
+from st2v_tiny import ddim, panning_frames, tiny_refiner_text, tiny_refiner_unet, tiny_refiner_vae
 
 from streaming_t2v_core import refiner as R
 from streaming_t2v_core.refiner import RandomizedBlendRefiner, blend_x0, chunk_spans, chunk_starts, draw_offsets
@@ -16,27 +15,6 @@ from streaming_t2v_core.refiner import RandomizedBlendRefiner, blend_x0, chunk_s
 # --------------------------------------------------------------------------------------------------------
 # tiny models
 # --------------------------------------------------------------------------------------------------------
-
-
-def tiny_unet3d(seed: int = 0, out_channels: int = 4) -> UNet3DConditionModel:
-    torch.manual_seed(seed)
-    unet = UNet3DConditionModel(
-        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), layers_per_block=1, cross_attention_dim=32,
-        attention_head_dim=8, norm_num_groups=32, in_channels=4, out_channels=out_channels)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # zero-initialised temporal layers -> random, so frames interact
-        for p in unet.parameters():
-            if torch.count_nonzero(p) == 0:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return unet.eval()
-
-
-def tiny_kl_vae(seed: int = 0) -> AutoencoderKL:
-    torch.manual_seed(seed)
-    return AutoencoderKL(block_out_channels=(16, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, layers_per_block=1,
-                         latent_channels=4).eval()
 
 
 class IdentityVAE(torch.nn.Module):
@@ -63,33 +41,12 @@ class IdentityVAE(torch.nn.Module):
 @pytest.fixture(scope="module")
 def text_parts():
     """(the shipped CLIP tokenizer cut to 16 tokens, tiny CLIP text model with hidden size 32)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tok = clip_tokenizer(16)
-    torch.manual_seed(0)
-    te = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                      num_attention_heads=4, vocab_size=49408, max_position_embeddings=16,
-                                      bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)).eval()
-    return tok, te
+    return tiny_refiner_text()
 
 
 @pytest.fixture(scope="module")
 def unet():
-    return tiny_unet3d()
-
-
-def ddim(**kw):
-    cfg = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-               set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing")
-    cfg.update(kw)
-    return DDIMScheduler(**cfg)
-
-
-def frames_for(n: int, h: int = 16, w: int = 16, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(1, 3, 4, 4, generator=g)
-    img = torch.nn.functional.interpolate(base, size=(h, w + n), mode="bilinear", align_corners=False)[0]
-    return torch.stack([img[:, :, i:i + w].permute(1, 2, 0) for i in range(n)]).clamp(0, 1)
+    return tiny_refiner_unet()
 
 
 class RecordingAdapter(R.DiffusersVideoUNetAdapter):
@@ -207,8 +164,8 @@ def test_geometry_official_example_and_rounding():
 def test_output_frame_count_and_chunk_calls(unet, text_parts, n):
     tok, te = text_parts
     adapter = RecordingAdapter()
-    ref = RandomizedBlendRefiner(unet, tiny_kl_vae(), ddim(), te, tok, adapter=adapter)
-    frames = frames_for(n)
+    ref = RandomizedBlendRefiner(unet, tiny_refiner_vae(), ddim(), te, tok, adapter=adapter)
+    frames = panning_frames(n)
     out = ref.refine(frames, "a cat", num_inference_steps=4, strength=0.5, target_size=None,
                      generator=torch.Generator().manual_seed(0), vae_frames_per_call=7)
     assert out.shape == (n, 16, 16, 3) and out.dtype == torch.float32
@@ -221,9 +178,9 @@ def test_output_frame_count_and_chunk_calls(unet, text_parts, n):
 def test_first_timestep_599_and_call_count(unet, text_parts):
     tok, te = text_parts
     adapter = RecordingAdapter()
-    ref = RandomizedBlendRefiner(unet, tiny_kl_vae(), ddim(), te, tok, adapter=adapter)
+    ref = RandomizedBlendRefiner(unet, tiny_refiner_vae(), ddim(), te, tok, adapter=adapter)
     steps = []
-    ref.refine(frames_for(8), "x", num_inference_steps=50, strength=0.6, chunk_size=8, overlap=2,
+    ref.refine(panning_frames(8), "x", num_inference_steps=50, strength=0.6, chunk_size=8, overlap=2,
                target_size=None, generator=torch.Generator().manual_seed(0),
                callback=lambda i, total: steps.append((i, total)))
     assert adapter.calls[0][1] == 599.0  # trailing spacing, 50 steps at strength 0.6 (official t = 599)
@@ -232,7 +189,7 @@ def test_first_timestep_599_and_call_count(unet, text_parts):
 
 def test_padding_is_cropped_and_resize_is_bicubic(unet):
     """Identity VAE + strength 0: the output is exactly the resized frame, i.e. the bars are cropped."""
-    frames = frames_for(3, 16, 16)
+    frames = panning_frames(3, 16, 16)
     ref = RandomizedBlendRefiner(unet, IdentityVAE(), ddim())
     out = ref.refine(frames, "", strength=0.0, target_size=(64, 32))  # 16x16 -> 32x32 content, 64x32 canvas
     assert out.shape == (3, 32, 32, 3)
@@ -243,8 +200,8 @@ def test_padding_is_cropped_and_resize_is_bicubic(unet):
 
 def test_strength_zero_is_vae_round_trip_and_low_strength_is_close(unet, text_parts):
     tok, te = text_parts
-    frames = frames_for(5, 16, 16)
-    vae = tiny_kl_vae()
+    frames = panning_frames(5, 16, 16)
+    vae = tiny_refiner_vae()
     ref = RandomizedBlendRefiner(unet, vae, ddim(), te, tok)
     out = ref.refine(frames, "a cat", strength=0.0, target_size=None)
     ad = ref.adapter
@@ -253,7 +210,7 @@ def test_strength_zero_is_vae_round_trip_and_low_strength_is_close(unet, text_pa
     assert torch.allclose(out, ((rt.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1), atol=1e-6)
 
     # with an invertible VAE: strength 0 gives the input back, low strength stays close, 0.6 moves further
-    small = frames_for(8, 8, 8)
+    small = panning_frames(8, 8, 8)
     ident = RandomizedBlendRefiner(unet, IdentityVAE(), ddim(), te, tok)
     kw = dict(target_size=None, chunk_size=8, overlap=2, num_inference_steps=50, guidance_scale=1.0)
     assert torch.allclose(ident.refine(small, "a", strength=0.0, **kw), small, atol=1e-6)
@@ -268,7 +225,7 @@ def test_output_blending_equals_explicit_x0_blending(unet, prediction_type):
     """Reference: per chunk model output -> x0, blend x0 with the same offsets, back to the model output,
     DDIM step.  The refiner blends model outputs directly (module docstring); results must agree."""
     n, chunk, overlap = 13, 6, 3  # chunks at 0, 3, 6 and an end-aligned one at 7
-    frames = frames_for(n, 8, 8)
+    frames = panning_frames(n, 8, 8)
     emb, neg = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(3)), torch.zeros(1, 5, 32)
     sched = ddim(prediction_type=prediction_type)
     ref = RandomizedBlendRefiner(unet, IdentityVAE(), sched)
@@ -314,7 +271,7 @@ def test_output_blending_equals_explicit_x0_blending(unet, prediction_type):
     lambda: EulerAncestralDiscreteScheduler(prediction_type="v_prediction"),
 ], ids=["dpmpp2m-sde-v", "dpmpp2m", "euler", "euler-a-v"])
 def test_generic_over_schedulers_deterministic(unet, sched):
-    frames = frames_for(10, 8, 8)
+    frames = panning_frames(10, 8, 8)
     emb = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(3))
     scheduler = sched()
     ref = RandomizedBlendRefiner(unet, IdentityVAE(), scheduler)
@@ -332,7 +289,7 @@ def test_autoencoder_tiny_and_target_size(unet, text_parts):
     tok, te = text_parts
     torch.manual_seed(0)
     ref = RandomizedBlendRefiner(unet, AutoencoderTiny().eval(), ddim(), te, tok)
-    out = ref.refine(frames_for(5, 16, 16), "a cat", num_inference_steps=2, strength=0.5, target_size=(32, 16),
+    out = ref.refine(panning_frames(5, 16, 16), "a cat", num_inference_steps=2, strength=0.5, target_size=(32, 16),
                      chunk_size=4, overlap=1, generator=torch.Generator().manual_seed(0))
     assert out.shape == (5, 16, 16, 3)  # 16x16 fitted in 32x16, 8-px bars left and right cropped
 
@@ -351,11 +308,11 @@ def test_callback_cancels_and_embeds_validation(unet, text_parts):
         raise Stop
 
     with pytest.raises(Stop):
-        ref.refine(frames_for(4, 8, 8), "", num_inference_steps=10, strength=0.5, target_size=None,
+        ref.refine(panning_frames(4, 8, 8), "", num_inference_steps=10, strength=0.5, target_size=None,
                    chunk_size=4, overlap=1, callback=cb, prompt_embeds=emb, negative_prompt_embeds=emb * 0)
     assert seen == [(1, 5)]
     with pytest.raises(ValueError, match="prompt_embeds"):  # CFG needs a negative and nothing can encode one
-        ref.refine(frames_for(4, 8, 8), "", num_inference_steps=2, strength=0.5, target_size=None, prompt_embeds=emb)
+        ref.refine(panning_frames(4, 8, 8), "", num_inference_steps=2, strength=0.5, target_size=None, prompt_embeds=emb)
     with pytest.raises(ValueError):
         ref.refine(torch.rand(4, 8, 8), "")
 
@@ -363,12 +320,98 @@ def test_callback_cancels_and_embeds_validation(unet, text_parts):
 def test_check_interrupt_stops_within_one_chunk_call(unet, text_parts):
     """A denoising step runs one UNet call per chunk (3 chunks for 56 frames): Cancel stops before the next call,
     not only at the end of the step."""
-    from test_engine import Stop, stop_at
+    from cancel_hooks import Stop, stop_at
 
     tok, te = text_parts
     adapter = RecordingAdapter()
     ref = RandomizedBlendRefiner(unet, IdentityVAE(), ddim(), te, tok, adapter=adapter)
     with pytest.raises(Stop):
-        ref.refine(frames_for(56, 8, 8), "a cat", num_inference_steps=4, strength=1.0, target_size=None,
+        ref.refine(panning_frames(56, 8, 8), "a cat", num_inference_steps=4, strength=1.0, target_size=None,
                    generator=torch.Generator().manual_seed(0), check_interrupt=stop_at(5))
     assert len(chunk_starts(56, 24, 8)) == 3 and len(adapter.calls) == 4
+
+
+# --------------------------------------------------------------------------------------------------------
+# frame source / sink, the loader
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_blend_x0_takes_chunks_one_at_a_time():
+    starts, offsets = [0, 16, 32], [0, 3, 7]
+    chunks = [torch.randn(1, 2, 24, 3, 3, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    out = torch.full((1, 2, 56, 3, 3), float("nan"))
+    assert blend_x0(iter(chunks), starts, offsets, 56, out=out) is out
+    assert torch.equal(out, blend_x0(chunks, starts, offsets, 56))
+    with pytest.raises(ValueError, match="equal length"):
+        blend_x0(iter(chunks[:2]), starts, offsets, 56)
+
+
+@pytest.mark.parametrize("n, per_call", [(45, 7), (10, 8)])
+def test_refine_over_source_and_sink_equals_refine_in_memory(unet, text_parts, n, per_call):
+    """``refine(FrameSource(read, ...), sink=...)`` (what ST2V_Refine passes: disk-backed read and write) gives the
+    in-memory call's frames exactly, reading each frame once in slices of ``vae_frames_per_call`` and writing the
+    output in order, slice by slice."""
+    from streaming_t2v_core.refiner import FrameSource
+
+    tok, te = text_parts
+    ref = RandomizedBlendRefiner(unet, tiny_refiner_vae(), ddim(), te, tok)
+    frames = panning_frames(n, 16, 24)
+    kw = dict(num_inference_steps=4, strength=0.5, target_size=(32, 16), chunk_size=24, overlap=8,
+              vae_frames_per_call=per_call)
+    expected = ref.refine(frames, "a cat", generator=torch.Generator().manual_seed(3), **kw)
+    reads, written = [], []
+
+    def read(start, stop):
+        reads.append((start, stop))
+        return frames[start:stop].clone()
+
+    out = ref.refine(FrameSource(read, n, 16, 24), "a cat", generator=torch.Generator().manual_seed(3),
+                     sink=written.append, **kw)
+    assert out is None
+    assert reads == [(i, min(i + per_call, n)) for i in range(0, n, per_call)]
+    assert [w.shape[0] for w in written] == [b - a for a, b in reads]
+    assert all(w.device.type == "cpu" and w.dtype == torch.float32 for w in written)
+    assert torch.equal(torch.cat(written), expected)
+    assert expected.shape == (n, 16, 24, 3)  # 24x16 frames fitted into 32x16: bars of 4 px cropped
+    with pytest.raises(ValueError, match="frames must be"):
+        FrameSource.of(torch.zeros(0, 8, 8, 3))
+
+
+def test_load_refiner_from_a_folder(unet, text_parts, tmp_path):
+    """``load_refiner``: the diffusers text-to-video folder layout (what ST2V_LoadRefiner reads), its scheduler
+    config and the scheduler choices; the loaded refiner refines like one built from the same modules."""
+    import json
+
+    from diffusers import DDIMScheduler
+    from st2v_tiny import write_modelscope_folder
+
+    from streaming_t2v_core.refiner import REFINER_SCHEDULERS, load_refiner, refiner_scheduler
+
+    tok, te = text_parts
+    vae = tiny_refiner_vae()
+    folder = write_modelscope_folder(tmp_path / "zeroscope", unet, te, vae, pipeline=True)
+    tc = json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())
+    (folder / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({**tc, "model_max_length": 16}))
+    loaded = load_refiner(folder)
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert loaded.scheduler_config == config and type(loaded.scheduler).__name__ == config["_class_name"]
+    frames = panning_frames(10, 16, 16)
+    kw = dict(num_inference_steps=3, strength=0.7, target_size=None, chunk_size=6, overlap=2)
+    direct = RandomizedBlendRefiner(unet, vae, DDIMScheduler.from_config(config), te, tok)
+    torch.testing.assert_close(loaded.refine(frames, "a cat", generator=torch.Generator().manual_seed(1), **kw),
+                               direct.refine(frames, "a cat", generator=torch.Generator().manual_seed(1), **kw),
+                               atol=1e-5, rtol=0)
+    assert REFINER_SCHEDULERS == ("folder", "ddim", "dpm-sde")
+    ddim_t = refiner_scheduler(config, "ddim")
+    assert type(ddim_t).__name__ == "DDIMScheduler" and ddim_t.config.timestep_spacing == "trailing"
+    sde = loaded.with_scheduler(refiner_scheduler(config, "dpm-sde"))
+    assert sde.unet is loaded.unet and sde.scheduler_config == config
+    assert sde.scheduler.config.algorithm_type == "sde-dpmsolver++" and sde.scheduler.config.solver_order == 2
+    assert type(refiner_scheduler({"_class_name": "NoSuchScheduler"}, "folder")).__name__ == "DDIMScheduler"
+    with pytest.raises(ValueError, match="unknown refiner scheduler"):
+        refiner_scheduler(config, "euler")
+    import shutil
+
+    shutil.rmtree(folder / "vae")
+    with pytest.raises(FileNotFoundError, match="no vae/"):
+        load_refiner(folder)

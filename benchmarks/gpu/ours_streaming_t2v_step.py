@@ -8,9 +8,9 @@ conditional rows in one batch of 2 through ``model(latents, t, texts, image_embe
 CAM encoder, the APM resampler and the base UNet3D --, then ``chunk(2)`` and the guidance combination.
 
 Phases, each measured and written to the JSON as soon as it is done (a phase killed by the time limit leaves the
-earlier ones): ``eager`` (the model as loaded); then, when ``streaming_t2v_core.speed.optimize`` exists,
-``fused`` (``optimize(model, fuse_qkv=True, compile=False)``) and, with ``--compile``, ``compiled``
-(``optimize(model, fuse_qkv=False, compile=True)``). ``step_ms`` is the fastest phase that ran.
+earlier ones): ``eager`` (the model as loaded, acceleration ``none``); then, with
+``streaming_t2v_core.acceleration.optimize``, ``fused`` (``optimize(model, "fused")``) and, with ``--compile``,
+``compiled`` (``optimize(model, "compile")``: fused + torch.compile). ``step_ms`` is the fastest phase that ran.
 
 Usage::
 
@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timestep", type=int, default=500)
     ap.add_argument("--guidance", type=float, default=7.5)
     ap.add_argument("--optimize", choices=["auto", "off"], default="auto",
-                    help="auto: use streaming_t2v_core.speed.optimize when it exists")
-    ap.add_argument("--compile", action="store_true", help="also the torch.compile phase (optimize(compile=True))")
+                    help="auto: also the accelerated phases (streaming_t2v_core.acceleration.optimize)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also the torch.compile phase (optimize(model, 'compile'))")
     ap.add_argument("--skip-eager", action="store_true", help="no eager/fused phases (a separate compile run)")
     ap.add_argument("--compile-options", default=None, help="JSON dict for optimize(compile_options=...)")
     ap.add_argument("--threads", type=int, default=0)
@@ -131,37 +132,28 @@ def main(argv: list[str] | None = None) -> int:
             rep.done("failed")
             return 1
 
-    speed = None
+    acceleration = None
     if args.optimize == "auto":
         try:
-            speed = importlib.import_module("streaming_t2v_core.speed")
+            acceleration = importlib.import_module("streaming_t2v_core.acceleration")
         except ImportError as exc:
-            rep.update(optimize_path=f"none (streaming_t2v_core.speed not importable: {exc})")
-    if speed is not None and hasattr(speed, "optimize"):
-        import inspect
-
-        accepted = set(inspect.signature(speed.optimize).parameters)
-
-        def optimize(**kw):  # only the keywords this version of optimize() accepts
-            return speed.optimize(model, **{k: v for k, v in kw.items() if k in accepted})
-
-        rep.update(optimize_path="streaming_t2v_core.speed.optimize", optimize_signature=sorted(accepted))
+            rep.update(optimize_path=f"none (streaming_t2v_core.acceleration not importable: {exc})")
+    if acceleration is not None:
+        rep.update(optimize_path="streaming_t2v_core.acceleration.optimize")
         try:
-            optimize(fuse_qkv=True, compile=False)
+            acceleration.optimize(model, "fused")
             if not args.skip_eager:
                 measure("fused", args.warmup)
         except Exception as exc:  # noqa: BLE001
-            rep.error("optimize(fuse_qkv=True)", exc)
+            rep.error("optimize(model, 'fused')", exc)
         if args.compile:
             try:
                 options = json.loads(args.compile_options) if args.compile_options else None
-                optimize(fuse_qkv=False, compile=True, compile_options=options)
+                acceleration.optimize(model, "compile", compile_options=options)
                 rep.update(compile_options=options or "optimize() defaults")
                 measure("compiled", args.compile_warmup)
             except Exception as exc:  # noqa: BLE001
-                rep.error("optimize(compile=True)", exc)
-    elif speed is not None:
-        rep.update(optimize_path="none (streaming_t2v_core.speed has no optimize)")
+                rep.error("optimize(model, 'compile')", exc)
     elif args.optimize == "off":
         rep.update(optimize_path="off (--optimize off)")
     rep.done("ok")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from client import Graph, override
-from test_streaming_t2v_nodes import _loader as st2v_loader
+from graphs import st2v_loader
 
 
 def _producer(g: Graph, m, kind: str):

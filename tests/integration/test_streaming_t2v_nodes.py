@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from client import Graph
+from graphs import st2v_loader
 
 pytestmark = pytest.mark.skipif(os.environ.get("COMFYUI_TINY_ST2V") == "0",
                                 reason="COMFYUI_TINY_ST2V=0: the StreamingT2V tiny models were not written")
@@ -17,14 +19,9 @@ ST2V_NODES = ["ST2V_LoadModel", "ST2V_TextToVideo", "ST2V_CAMConditioner", "ST2V
               "ST2V_MAWE", "ST2V_SceneCuts", "ST2V_CLIPScore"]
 
 
-def _loader(m) -> dict:
-    return dict(modelscope=m.modelscope_diffusers, checkpoint=m.st2v_base,
-                image_encoder=f"clip_vision/{m.clip_vision}", dtype="auto")
-
-
 def _chain(m, frames: int = 40):
     g = Graph()
-    model = g.node("ST2V_LoadModel", **_loader(m))
+    model = g.node("ST2V_LoadModel", **st2v_loader(m))
     first = g.node("ST2V_TextToVideo", model=model.out(0), prompt="A cat running on the street", negative_prompt="",
                    seed=1, steps=2, guidance=9.0, width=64, height=64)
     video = g.node("ST2V_Extend", model=model.out(0), first_chunk=first.out(0),
@@ -58,6 +55,11 @@ def test_long_video_chain_and_metrics(comfy, comfy_models):
     assert batch.shape == (40, 64, 64, 3)  # exactly the requested length, from the disk-backed video
     saved = entry.outputs[save.id]["images"][0]
     assert saved["filename"].endswith(".mp4")
+    import av  # the mp4 (streaming_t2v_core.video_io.encode_mp4): every frame, the prompt in its metadata
+
+    with av.open(str(Path(comfy.server.run_dir) / "output" / saved["subfolder"] / saved["filename"])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 40
+        assert save.id in container.metadata["prompt"]
     for node in (mawe, cuts, clip):
         assert node.id in entry.outputs, node.id  # output nodes: each shows its value
 
@@ -65,7 +67,7 @@ def test_long_video_chain_and_metrics(comfy, comfy_models):
 def test_conditioners_and_conversions(comfy, comfy_models):
     m = comfy_models
     g = Graph()
-    model = g.node("ST2V_LoadModel", **_loader(m))
+    model = g.node("ST2V_LoadModel", **st2v_loader(m))
     first = g.node("ST2V_TextToVideo", model=model.out(0), prompt="a dog", negative_prompt="", seed=4, steps=1,
                    guidance=9.0, width=64, height=64)
     cam = g.node("ST2V_CAMConditioner", frames=first.out(0))
@@ -96,7 +98,7 @@ def test_validation_and_node_errors(comfy, comfy_models):
     missing = {k: dict(v, inputs=dict(v["inputs"])) for k, v in prompt.items()}
     missing[model.id]["inputs"]["checkpoint"] = "nope.base.safetensors"
     details = comfy.queue(missing)["node_errors"][model.id]["errors"][0]["details"]
-    assert f"'nope.base.safetensors' is not available; pick one of '{m.st2v_base}'" in details
+    assert "Missing model files (nothing was run):\n- models/streamingt2v/nope.base.safetensors" in details
 
 
 def test_static_clip_mawe_is_infinite_not_nan(comfy):
@@ -130,7 +132,7 @@ def test_long_extension_keeps_host_memory_bounded(comfy, comfy_models):
         pytest.skip("attached to a server this session did not start: its memory cannot be read")
     m = comfy_models
     g = Graph()
-    model = g.node("ST2V_LoadModel", **_loader(m))
+    model = g.node("ST2V_LoadModel", **st2v_loader(m))
     first = g.node("ST2V_TextToVideo", model=model.out(0), prompt="a cat", negative_prompt="", seed=1, steps=1,
                    guidance=9.0, width=64, height=64)
     video = g.node("ST2V_Extend", model=model.out(0), first_chunk=first.out(0), prompt="a cat", negative_prompt="",
@@ -170,13 +172,14 @@ def test_long_extension_keeps_host_memory_bounded(comfy, comfy_models):
     assert growth < limit, f"host memory grew by {growth / 2**20:.1f} MiB during a {frames}-frame run"
 
 
-def test_speed_option_gives_the_same_video(comfy, comfy_models):
-    """ST2V_LoadModel's speed option (fused q/k/v is the default) gives the extension of the plain model."""
+def test_acceleration_option_gives_the_same_video(comfy, comfy_models):
+    """ST2V_LoadModel's acceleration option (fused q/k/v is the default) gives the extension of the plain model; a
+    prompt saved with the old input name ``speed`` runs with its value."""
     m = comfy_models
     outs = []
-    for speed in ("none", "fused"):
+    for option in ({"acceleration": "none"}, {"acceleration": "fused"}, {"speed": "none"}):
         g = Graph()
-        model = g.node("ST2V_LoadModel", **_loader(m), speed=speed)
+        model = g.node("ST2V_LoadModel", **st2v_loader(m), **option)
         first = g.node("ST2V_TextToVideo", model=model.out(0), prompt="a cat", negative_prompt="", seed=1, steps=2,
                        guidance=9.0, width=64, height=64)
         video = g.node("ST2V_Extend", model=model.out(0), first_chunk=first.out(0), prompt="a cat",
@@ -186,10 +189,91 @@ def test_speed_option_gives_the_same_video(comfy, comfy_models):
         outs.append(comfy.read_image_batch(comfy.run(g.prompt(), timeout=300), shown.id))
     assert outs[0].shape == (24, 64, 64, 3)
     assert float((outs[0] - outs[1]).abs().max()) <= 1.5 / 255
+    assert torch.equal(outs[0], outs[2])  # the old name, the same value, the same video
     g = Graph()
-    model = g.node("ST2V_LoadModel", **_loader(m), speed="tensorrt")
+    model = g.node("ST2V_LoadModel", **st2v_loader(m), acceleration="tensorrt")
     first = g.node("ST2V_TextToVideo", model=model.out(0), prompt="a cat", negative_prompt="", seed=1, steps=2,
                    guidance=9.0, width=64, height=64)
     g.node("PreviewImage", images=first.out(0))
     bad = comfy.queue(g.prompt())
-    assert isinstance(bad, dict) and "speed: 'tensorrt' is not available; pick one of" in str(bad)
+    assert isinstance(bad, dict) and "acceleration: 'tensorrt' is not available; pick one of" in str(bad)
+
+
+def _core_generate(m, prompt: str, num_frames: int, first_seed: int, seed: int, **memory) -> torch.Tensor:
+    """What the nodes' ST2V_TextToVideo (``first_seed``) -> ST2V_Extend (``seed``) chain computes, with the core's
+    ``StreamingT2VPipeline.generate`` in this process on the same files (float32, CPU, no acceleration), as 8-bit
+    frames (what the disk-backed video and the preview keep)."""
+    pipe = m.streaming_t2v_pipeline()
+    size = dict(negative_prompt="", height=64, width=64)
+    first = _first_chunk(pipe, prompt.splitlines()[0], first_seed)
+    lines = prompt.splitlines()
+    video = torch.cat(list(pipe.generate([lines[0]] + lines, num_frames, first_chunk=first,
+                                         generator=torch.Generator().manual_seed(seed), steps=2, guidance=7.5,
+                                         **size, **{k: v(pipe) for k, v in memory.items()})))
+    return (video * 255).round() / 255
+
+
+def _first_chunk(pipe, prompt: str, seed: int) -> torch.Tensor:
+    return pipe(prompt, 16, generator=torch.Generator().manual_seed(seed), negative_prompt="", height=64, width=64,
+                first_steps=2, first_guidance=9.0)
+
+
+@pytest.mark.parametrize("memory", ["first chunk", "another clip"])
+def test_conditioners_through_the_nodes_equal_core_generate(comfy, comfy_models, memory):
+    """ST2V_TextToVideo -> ST2V_CAMConditioner + ST2V_APMConditioner -> ST2V_Extend gives the frames of the core's
+    ``generate()`` with the same seeds, frame for frame (up to the 8-bit storage of the disk-backed video): fed the
+    first chunk (the default memory) it is plain ``generate(first_chunk=...)``; fed another clip it is
+    ``generate(cam_frames=..., apm_embeds=...)`` with that clip's frames and anchor embedding."""
+    m = comfy_models
+    prompt = "a red fox in the snow\na red fox jumping"
+    g = Graph()
+    model = g.node("ST2V_LoadModel", **st2v_loader(m), acceleration="none")
+    first = g.node("ST2V_TextToVideo", model=model.out(0), prompt=prompt.splitlines()[0], negative_prompt="",
+                   seed=6, steps=2, guidance=9.0, width=64, height=64)
+    source = first
+    if memory == "another clip":
+        source = g.node("ST2V_TextToVideo", model=model.out(0), prompt="a blue car", negative_prompt="", seed=9,
+                        steps=2, guidance=9.0, width=64, height=64)
+    cam = g.node("ST2V_CAMConditioner", frames=source.out(0))
+    apm = g.node("ST2V_APMConditioner", model=model.out(0), anchor=source.out(0))
+    video = g.node("ST2V_Extend", model=model.out(0), first_chunk=first.out(0), prompt=prompt, negative_prompt="",
+                   num_frames=36, seed=7, steps=2, guidance=7.5, cam=cam.out(0), apm=apm.out(0))
+    images = g.node("ST2V_VideoToImages", video=video.out(0), start=0, count=100, step=1)
+    shown = g.node("PreviewImage", images=images.out(0))
+    got = comfy.read_image_batch(comfy.run(g.prompt(), timeout=600), shown.id)
+    kw = {}
+    if memory == "another clip":
+        kw = dict(cam_frames=lambda pipe: _first_chunk(pipe, "a blue car", 9),
+                  apm_embeds=lambda pipe: pipe.anchor_embeddings(_first_chunk(pipe, "a blue car", 9)))
+    expected = _core_generate(m, prompt, 36, 6, 7, **kw)
+    assert got.shape == expected.shape == (36, 64, 64, 3)
+    assert float((got - expected).abs().max()) <= 1.01 / 255  # a rounding flip at most, frame for frame
+
+
+@pytest.mark.parametrize("scheduler, kind", [("DDIM (trailing)", "ddim"),
+                                             ("DPM++ 2M SDE (trailing, as the official enhancer)", "dpm-sde")])
+def test_refine_node_equals_core_refine(comfy, comfy_models, scheduler, kind):
+    """ST2V_Refine (disk-backed source and sink, the scheduler choice) gives the frames of the core's
+    ``load_refiner(folder).refine`` on the same folder, frame for frame (up to the 8-bit storage)."""
+    from streaming_t2v_core.refiner import load_refiner, refiner_scheduler
+
+    m = comfy_models
+    g = Graph()
+    model = g.node("ST2V_LoadModel", **st2v_loader(m), acceleration="none")
+    first = g.node("ST2V_TextToVideo", model=model.out(0), prompt="a cat", negative_prompt="", seed=6, steps=2,
+                   guidance=9.0, width=64, height=64)
+    refiner = g.node("ST2V_LoadRefiner", refiner=m.refiner, dtype="auto")
+    refined = g.node("ST2V_Refine", refiner=refiner.out(0), video=first.out(0), prompt="a cat", negative_prompt="",
+                     strength=0.6, chunk=8, overlap=3, width=128, height=64, steps=5, guidance=7.5, seed=3,
+                     scheduler=scheduler, guidance_rescale=0.2)
+    images = g.node("ST2V_VideoToImages", video=refined.out(0), start=0, count=100, step=1)
+    shown = g.node("PreviewImage", images=images.out(0))
+    got = comfy.read_image_batch(comfy.run(g.prompt(), timeout=600), shown.id)
+    core = load_refiner(m.path("diffusers", m.refiner))
+    core = core.with_scheduler(refiner_scheduler(core.scheduler_config, kind))
+    expected = core.refine(_first_chunk(m.streaming_t2v_pipeline(), "a cat", 6), "a cat", strength=0.6,
+                           num_inference_steps=5, guidance_scale=7.5, guidance_rescale=0.2, chunk_size=8, overlap=3,
+                           target_size=(128, 64), generator=torch.Generator().manual_seed(3), vae_frames_per_call=8)
+    expected = (expected * 255).round() / 255
+    assert got.shape == expected.shape == (16, 64, 64, 3)
+    assert float((got - expected).abs().max()) <= 1.01 / 255
