@@ -8,6 +8,7 @@ and size (H.264 in yuv420p needs even sides: an odd last row or column is droppe
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -34,8 +35,9 @@ def _av():
     return av
 
 
-def probe(source: str | os.PathLike | IO[bytes]) -> VideoInfo:
-    """Size, frame rate and frame count of the first video stream, from the container's metadata."""
+@contextmanager
+def _video_stream(source: str | os.PathLike | IO[bytes]):
+    """``(container, first video stream)`` of a file path or a binary buffer (rewound), closed on exit."""
     av = _av()
     if hasattr(source, "seek"):
         source.seek(0)
@@ -43,19 +45,19 @@ def probe(source: str | os.PathLike | IO[bytes]) -> VideoInfo:
         stream = next((s for s in container.streams if s.type == "video"), None)
         if stream is None:
             raise ValueError(f"no video stream in {source!r}")
+        yield container, stream
+
+
+def probe(source: str | os.PathLike | IO[bytes]) -> VideoInfo:
+    """Size, frame rate and frame count of the first video stream, from the container's metadata."""
+    with _video_stream(source) as (_, stream):
         rate = stream.average_rate or stream.guessed_rate or Fraction(30)
         return VideoInfo(stream.width, stream.height, Fraction(rate), int(stream.frames or 0))
 
 
 def read_video(source: str | os.PathLike | IO[bytes]) -> Iterator[Tensor]:
     """Decoded frames ``[H, W, 3]`` float32 in ``[0, 1]``, one at a time."""
-    av = _av()
-    if hasattr(source, "seek"):
-        source.seek(0)
-    with av.open(source if hasattr(source, "read") else str(source), mode="r") as container:
-        stream = next((s for s in container.streams if s.type == "video"), None)
-        if stream is None:
-            raise ValueError(f"no video stream in {source!r}")
+    with _video_stream(source) as (container, stream):
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
             yield torch.from_numpy(frame.to_ndarray(format="rgb24")).float().div_(255.0)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import folder_paths
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 import comfy.model_management as mm
 import comfy.utils

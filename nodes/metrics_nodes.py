@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 import comfy.model_management as mm
 import comfy.utils

@@ -9,32 +9,11 @@
 """
 from __future__ import annotations
 
-import contextlib
-import shutil
 import time
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",  # a fake camera, no prompt
-        "--disable-background-timer-throttling", "--disable-renderer-backgrounding"]
+from browser import ARGS, CHROMIUM, open_page  # noqa: F401  (re-exported for the benchmarks)
+
 NODE = "window.app.graph._nodes.find(n => n.type === 'L2D_LiveStream')"
-
-
-@contextlib.contextmanager
-def open_page(url: str, chromium: str = CHROMIUM):
-    """A headless Chromium page on ComfyUI at ``url``, once the app is ready."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=120_000)
-            yield page
-        finally:
-            browser.close()
 
 
 def load_workflow(page, ui: dict, values: dict[str, dict]) -> None:

@@ -4,36 +4,25 @@ and a UI workflow runs from the page."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import open_page, skip_unless_available
 
 pytestmark = pytest.mark.browser
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]  # a fake camera for the webcam
 TAESD = "taesd (vae_approx/taesd_encoder + taesd_decoder)"
 VIRTUAL = {"MarkdownNote", "Note"}  # frontend-only nodes: not part of the API prompt
 
 
 @pytest.fixture(scope="module")
 def page(comfy_server):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian chromium (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 900})
-        pg.goto(comfy_server.url)
-        pg.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=120_000)
+    skip_unless_available()
+    with open_page(comfy_server.url, width=1400, height=900) as pg:
         yield pg
-        browser.close()
 
 
 def _ui_files() -> list[Path]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import skip_unless_available
 
 pytestmark = pytest.mark.browser
 
@@ -20,11 +21,9 @@ TAESD = "taesd (vae_approx/taesd_encoder + taesd_decoder)"
 @pytest.fixture(scope="module")
 def live(comfy_server):
     """(live_page module, page) with the fake camera."""
-    pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
+    skip_unless_available()
     import live_page
 
-    if not Path(live_page.CHROMIUM).exists():
-        pytest.skip("needs Debian chromium (apt-get install chromium)")
     with live_page.open_page(comfy_server.url) as page:
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))

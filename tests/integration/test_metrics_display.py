@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import struct
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from browser import open_page, skip_unless_available
 from client import Graph, load_api_workflow, override
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows" / "api"
@@ -156,9 +156,6 @@ def test_clip_score_feeds_other_nodes_and_reaches_the_page(comfy, comfy_models):
 
 
 # ------------------------------------------------------------------------------------------------------ browser
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 PREVIEW_WIDGET = "$$node-text-preview"  # the frontend's progress-text widget
 
 
@@ -216,27 +213,18 @@ def _check_shown_on_nodes(page, entry, prompt: dict, shot: Path) -> None:
 
 @pytest.mark.browser
 def test_metric_numbers_are_visible_on_the_nodes(comfy_server, comfy, comfy_models):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian chromium (apt-get install chromium)")
+    skip_unless_available()
     prompt = _metrics_prompt(comfy, comfy_models)
     shots = Path(comfy.server.run_dir) / "screenshots"
     shots.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(comfy_server.url)
-            page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=120_000)
-            entry = _run_from_page(page, comfy, prompt)
-            _check_shown_on_nodes(page, entry, prompt, shots / "metrics_run.png")
+    with open_page(comfy_server.url, width=1400, height=900) as page:
+        entry = _run_from_page(page, comfy, prompt)
+        _check_shown_on_nodes(page, entry, prompt, shots / "metrics_run.png")
 
-            # a fresh page, same graph: every node is served from the cache (only "executed" messages come)
-            page.reload()
-            page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=120_000)
-            again = _run_from_page(page, comfy, prompt)
-            metric_ids = {k for k, v in prompt.items() if v["class_type"] in PATTERNS}
-            assert metric_ids <= set(again.cached_nodes)
-            _check_shown_on_nodes(page, again, prompt, shots / "metrics_cached.png")
-        finally:
-            browser.close()
+        # a fresh page, same graph: every node is served from the cache (only "executed" messages come)
+        page.reload()
+        page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=120_000)
+        again = _run_from_page(page, comfy, prompt)
+        metric_ids = {k for k, v in prompt.items() if v["class_type"] in PATTERNS}
+        assert metric_ids <= set(again.cached_nodes)
+        _check_shown_on_nodes(page, again, prompt, shots / "metrics_cached.png")

@@ -6,19 +6,15 @@ points to the download node). Once the files are in place, no dialog opens."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
+from browser import open_page, skip_unless_available
 
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 
 DOWNLOAD = "download"  # the row's Download button is enabled
 SUFFIX = "Only allowed suffixes"  # the frontend downloads only .safetensors/.sft
@@ -55,17 +51,10 @@ def _ui_files() -> list[Path]:
 
 @pytest.fixture(scope="module")
 def empty_page(comfy_server_no_models):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian chromium (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 900})
-        pg.goto(comfy_server_no_models.url)
-        pg.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=120_000)
+    skip_unless_available()
+    with open_page(comfy_server_no_models.url, width=1400, height=900) as pg:
         assert pg.evaluate("() => window.app.ui.settings.getSettingValue('Comfy.Workflow.ShowMissingModelsWarning')")
         yield pg
-        browser.close()
 
 
 def _open(page, ui: dict, dialog: bool) -> dict[str, dict]:

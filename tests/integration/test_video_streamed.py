@@ -30,6 +30,18 @@ def _clip(comfy, name: str, frames: int = 14) -> str:
     return path.name
 
 
+def _streamed(m, clip: str, prefix: str):
+    """Load Video -> Live2Diff Video to Video (VIDEO, streamed) -> Save Video; ``(graph, model, cond, video)``."""
+    g = Graph()
+    model = g.node("L2D_LoadModel", **l2d_loader(m))
+    cond = g.node("L2D_EncodePrompt", model=model.out(0), text="a felted fox", clip_layer=10)
+    video = g.node("LoadVideo", file=clip)
+    streamed = g.node("L2D_VideoToVideoStreamed", model=model.out(0), video=video.out(0), conditioning=cond.out(0),
+                      **SETTINGS)
+    g.node("SaveVideo", video=streamed.out(0), filename_prefix=prefix, format="mp4", codec="h264")
+    return g, model, cond, video
+
+
 def _frames(path: Path) -> np.ndarray:
     import av
 
@@ -38,14 +50,7 @@ def _frames(path: Path) -> np.ndarray:
 
 
 def test_video_in_video_out_equals_the_image_path(comfy, comfy_models):
-    name = _clip(comfy, "streamed_in.mp4")
-    g = Graph()
-    model = g.node("L2D_LoadModel", **l2d_loader(comfy_models))
-    cond = g.node("L2D_EncodePrompt", model=model.out(0), text="a felted fox", clip_layer=10)
-    video = g.node("LoadVideo", file=name)
-    streamed = g.node("L2D_VideoToVideoStreamed", model=model.out(0), video=video.out(0), conditioning=cond.out(0),
-                      **SETTINGS)
-    g.node("SaveVideo", video=streamed.out(0), filename_prefix="l2d_streamed", format="mp4", codec="h264")
+    g, model, cond, video = _streamed(comfy_models, _clip(comfy, "streamed_in.mp4"), "l2d_streamed")
     parts = g.node("GetVideoComponents", video=video.out(0))
     images = g.node("L2D_VideoToVideo", model=model.out(0), images=parts.out(0), conditioning=cond.out(0),
                     **SETTINGS)
@@ -64,13 +69,7 @@ def test_too_short_a_video_fails_and_leaves_no_file(comfy, comfy_models):
     name = _clip(comfy, "streamed_short.mp4", frames=5)
     temp = Path(comfy.server.run_dir) / "temp" / "live2diff"
     before = set(temp.glob("*.mp4")) if temp.is_dir() else set()
-    g = Graph()
-    model = g.node("L2D_LoadModel", **l2d_loader(comfy_models))
-    cond = g.node("L2D_EncodePrompt", model=model.out(0), text="x", clip_layer=10)
-    video = g.node("LoadVideo", file=name)
-    streamed = g.node("L2D_VideoToVideoStreamed", model=model.out(0), video=video.out(0), conditioning=cond.out(0),
-                      **SETTINGS)
-    g.node("SaveVideo", video=streamed.out(0), filename_prefix="l2d_short", format="mp4", codec="h264")
+    g, *_ = _streamed(comfy_models, name, "l2d_short")
     entry = comfy.run(g.prompt(), expect="error", timeout=300)
     assert "fewer than the 8 the warm-up needs" in entry.error["exception_message"]
     after = set(temp.glob("*.mp4")) if temp.is_dir() else set()

@@ -5,20 +5,16 @@ each workflow has titled groups around its nodes and a note saying what it does 
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.request
 from pathlib import Path
 
 import pytest
+from browser import open_page, skip_unless_available
 
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 DOWNLOAD_NODE = "Download Official Weights (Live2Diff / StreamingT2V)"
 
 
@@ -34,16 +30,9 @@ def _note(ui: dict) -> str:
 
 @pytest.fixture(scope="module")
 def small_page(comfy_server):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian chromium (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1280, "height": 800})
-        pg.goto(comfy_server.url)
-        pg.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=120_000)
+    skip_unless_available()
+    with open_page(comfy_server.url, width=1280, height=800) as pg:
         yield pg
-        browser.close()
 
 
 _VIEW_JS = """async ([wf]) => {
