@@ -509,7 +509,8 @@ class RandomizedBlendRefiner:
         source = frames if isinstance(frames, FrameSource) else FrameSource.of(frames)
         chunks = []
         for i in range(0, source.num_frames, frames_per_call):
-            batch = check_finite(source.read(i, min(i + frames_per_call, source.num_frames)), "refiner input frames")
+            batch = check_finite(source.read(i, min(i + frames_per_call, source.num_frames)), "refiner input frames",
+                                 first_frame=i)
             px = prepare_frames(batch, geom)
             chunks.append(self.adapter.encode_frames(self.vae, px).to(device, torch.float32))
         return torch.cat(chunks).permute(1, 0, 2, 3).unsqueeze(0)
@@ -529,7 +530,7 @@ class RandomizedBlendRefiner:
             px = self.adapter.decode_latents(self.vae, lat[i:i + frames_per_call])
             px = px[:, :, geom.top:geom.top + geom.content_h, geom.left:geom.left + geom.content_w]
             px = check_finite(((px.clamp(-1.0, 1.0) + 1.0) / 2.0).permute(0, 2, 3, 1), "refiner output",
-                              "the refiner model produced non-finite values: try dtype float32")
+                              "the refiner model produced non-finite values: try dtype float32", first_frame=i)
             if sink is None:
                 out[i:i + px.shape[0]] = px.to(out_device)
             else:

@@ -173,9 +173,14 @@ def test_nan_refiner_input_and_output_name_the_source(st2v):
     refiner = RandomizedBlendRefiner(unet, tiny_refiner_vae(), ddim(), adapter=None)
     kw = dict(num_inference_steps=2, strength=0.5, target_size=None, guidance_scale=1.0, chunk_size=8, overlap=2,
               prompt_embeds=torch.zeros(1, 4, 32))
-    with pytest.raises(ValueError, match=r"refiner input frames: 1 of 10 frames .*\(first: frame 6\)"):
+    # frames are read and checked 8 at a time: the message names the slice and the frame's index in the video
+    with pytest.raises(ValueError, match=r"refiner input frames 0\.\.7: 1 of 8 frames .*\(first: frame 6\)"):
         refiner.refine(bad, **kw)
+    late = frames.clone()
+    late[9, 1, 1, 2] = NAN
+    with pytest.raises(ValueError, match=r"refiner input frames 8\.\.9: 1 of 2 frames .*\(first: frame 9\)"):
+        refiner.refine(late, **kw)
     with torch.no_grad():
         unet.conv_out.bias[0] = NAN
-    with pytest.raises(ValueError, match=r"refiner output: 10 of 10 frames contain NaN/Inf values"):
+    with pytest.raises(ValueError, match=r"refiner output 0\.\.7: 8 of 8 frames contain NaN/Inf values"):
         refiner.refine(frames, **kw)
