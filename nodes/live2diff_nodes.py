@@ -305,10 +305,15 @@ def _pipeline_for(model: Live2DiffModel, kv: int, new_cache: bool = True) -> Liv
     (:func:`_kv_bytes`); a new cache that cannot fit in the free memory is refused before it is allocated."""
     pipe = model.pipeline(memory_required=kv)
     if new_cache:
-        require_fits(kv, mm.get_free_memory(pipe.device), "the KV cache", f"on {pipe.device}",
-                     "lower width/height, use fewer t_index_list entries (or a lower strength), or a smaller window "
-                     "(Live2Diff Causal Temporal Attention)")
+        _require_cache_fits(pipe, kv)
     return pipe
+
+
+def _require_cache_fits(pipe: Live2DiffPipeline, kv: int) -> None:
+    """Refuse a new KV cache of ``kv`` bytes that the free memory on the pipeline's device cannot hold."""
+    require_fits(kv, mm.get_free_memory(pipe.device), "the KV cache", f"on {pipe.device}",
+                 "lower width/height, use fewer t_index_list entries (or a lower strength), or a smaller window "
+                 "(Live2Diff Causal Temporal Attention)")
 
 
 class _StreamNode(ValidatedNode):
@@ -592,9 +597,11 @@ class L2DStreamStep(_StreamNode):
         # the seed only matters for the warm-up: a new one (the UI's "randomize") must not reset a live stream
         key = (model.identity(), tuple(sorted((k, v) for k, v in settings.items() if k != "seed")))
         kv = _kv_bytes(model, settings)
-        conditioning = prompt_embeds(conditioning, _pipeline_for(model, kv, new_cache=False))
+        pipe = _pipeline_for(model, kv, new_cache=False)
+        conditioning = prompt_embeds(conditioning, pipe)
         session = sessions.acquire(session_id, key, lambda: LiveSession(StreamSettings(**settings), conditioning), kv)
-        pipe = _pipeline_for(model, kv, new_cache=not session.is_warm)
+        if not session.is_warm:
+            _require_cache_fits(pipe, kv)
         pbar = comfy.utils.ProgressBar(images.shape[0])
         # atomic: the session changes only if every frame went through (interrupts and errors included)
         out = session.feed(pipe, images, depth, prompt_embeds=conditioning,

@@ -34,3 +34,19 @@ def stream_sessions(comfy) -> dict:
 def stream_session(comfy, sid: str) -> dict | None:
     """One stream session's info (frames_seen, kv_cache_bytes, ...), None when there is none."""
     return stream_sessions(comfy).get(sid)
+
+
+def stream_step_graph(m, session: str, frames: int, color: int = 0x336699, height: int = 64) -> dict:
+    """Encode Prompt -> ``frames`` solid frames of ``color`` (64 x ``height``) -> L2D_StreamStep into ``session``
+    (official settings, depth prior on) -> Preview Image, on the tiny models ``m``."""
+    from client import Graph
+
+    g = Graph()
+    model = g.node("L2D_LoadModel", **l2d_loader(m))
+    cond = g.node("L2D_EncodePrompt", model=model.out(0), text="a felted cat", clip_layer=10)
+    images = g.node("EmptyImage", width=64, height=height, batch_size=frames, color=color)
+    step = g.node("L2D_StreamStep", model=model.out(0), images=images.out(0), conditioning=cond.out(0),
+                  session_id=session, t_index_list="30,40", strength=0.0, steps=50, seed=1, use_depth=True,
+                  invert_depth=False, **SIZE)
+    g.node("PreviewImage", images=step.out(0))
+    return g.prompt()

@@ -11,23 +11,11 @@ import numpy as np
 import pytest
 
 from client import Graph, load_api_workflow, override
-from graphs import SIZE, TAESD, l2d_loader, stream_session
+from graphs import SIZE, TAESD, l2d_loader, stream_session, stream_step_graph
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows" / "api"
 L2D_NODES = ["L2D_LoadModel", "L2D_ApplyLoRA", "L2D_CausalAttention", "L2D_EncodePrompt", "L2D_VideoToVideo",
              "L2D_StreamStep", "L2D_ResetSession", "L2D_EstimateDepth"]
-
-
-def _stream_graph(m, session: str, frames: int, color: int = 0x336699) -> dict:
-    g = Graph()
-    model = g.node("L2D_LoadModel", **l2d_loader(m))
-    cond = g.node("L2D_EncodePrompt", model=model.out(0), text="a felted cat", clip_layer=10)
-    images = g.node("EmptyImage", width=64, height=64, batch_size=frames, color=color)
-    step = g.node("L2D_StreamStep", model=model.out(0), images=images.out(0), conditioning=cond.out(0),
-                  session_id=session, t_index_list="30,40", strength=0.0, steps=50, seed=1, use_depth=True,
-                  invert_depth=False, **SIZE)
-    g.node("PreviewImage", images=step.out(0))
-    return g.prompt()
 
 
 def test_object_info_lists_every_node(comfy):
@@ -74,7 +62,7 @@ def test_video_to_video_workflow(comfy, comfy_models):
 def test_stream_steps_carry_the_session_and_survive_interrupt_and_free(comfy, comfy_models):
     m = comfy_models
     comfy.request("DELETE", "/stream_video/sessions")
-    prompt = _stream_graph(m, "it", frames=4)
+    prompt = stream_step_graph(m, "it", frames=4)
     for run, (seen, warm) in enumerate([(4, False), (8, True), (12, True)]):
         entry = comfy.run(prompt, timeout=300)
         assert comfy.read_image_batch(entry).shape[0] == 4  # never an empty batch, one frame out per frame in
@@ -85,7 +73,7 @@ def test_stream_steps_carry_the_session_and_survive_interrupt_and_free(comfy, co
     assert kv > 0
 
     # an interrupt in the middle of a long run leaves the session exactly as before that run
-    long = _stream_graph(m, "it", frames=80, color=0x112233)
+    long = stream_step_graph(m, "it", frames=80, color=0x112233)
     pid = comfy.queue(long)
     comfy.wait_event("progress", pid, timeout=120)
     comfy.interrupt()
@@ -108,7 +96,7 @@ def test_stream_steps_carry_the_session_and_survive_interrupt_and_free(comfy, co
 
 
 def test_validation_errors_are_http_400_with_a_message(comfy, comfy_models):
-    prompt = _stream_graph(comfy_models, "v", frames=4)
+    prompt = stream_step_graph(comfy_models, "v", frames=4)
     bad = override(prompt, {"L2D_StreamStep": {"width": 100}})
     body = comfy.queue(bad)
     assert isinstance(body, dict)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from client import load_api_workflow, override
+from graphs import stream_step_graph
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "examples"))
@@ -248,21 +249,6 @@ def test_example_client_streams_a_video_file(comfy, comfy_models, tmp_path):
     comfy.wait_idle(timeout=60)  # --stop (the default when it queued the run) ended the live run
 
 
-def _step_graph(m, session: str, frames: int, color: int) -> dict:
-    from client import Graph
-
-    g = Graph()
-    model = g.node("L2D_LoadModel", base=f"diffusers/{m.sd15_diffusers}", motion=m.motion, vae=TAESD,
-                   depth_model=f"{m.depth}/", lcm_lora=m.lcm_lora, dtype="auto")
-    cond = g.node("L2D_EncodePrompt", model=model.out(0), text="a felted cat", clip_layer=10)
-    images = g.node("EmptyImage", width=64, height=48, batch_size=frames, color=color)
-    step = g.node("L2D_StreamStep", model=model.out(0), images=images.out(0), conditioning=cond.out(0),
-                  session_id=session, t_index_list="30,40", strength=0.0, steps=50, seed=1, use_depth=True,
-                  invert_depth=False, **SIZE)
-    g.node("PreviewImage", images=step.out(0))
-    return g.prompt()
-
-
 def test_stream_step_interrupted_mid_run_then_continued_equals_a_stream_never_interrupted(comfy, comfy_models):
     """Through the real server: a session whose run was cancelled in its middle (two frames through, the random
     state advanced) and that got a refused prompt gives, once continued, exactly the frames of a session that never
@@ -275,15 +261,15 @@ def test_stream_step_interrupted_mid_run_then_continued_equals_a_stream_never_in
         outs = []
         for run, color in enumerate(colors):
             if trouble and run == 2:  # a long run cancelled after two of its frames went through
-                pid = comfy.queue(_step_graph(m, session, 40, 0x123456))
+                pid = comfy.queue(stream_step_graph(m, session, 40, 0x123456, height=48))
                 comfy.wait_event("progress", pid, timeout=120, where=lambda d: d["value"] >= 2)
                 comfy.interrupt()
                 assert comfy.wait(pid, timeout=120).interrupted
             if trouble and run == 3:  # a bad prompt (t_index 99 is not in the 50-step schedule) is refused
-                bad = _step_graph(m, session, 4, color)
+                bad = stream_step_graph(m, session, 4, color, height=48)
                 bad[next(k for k, v in bad.items() if v["class_type"] == "L2D_StreamStep")]["inputs"]["t_index_list"] = "30,99"
                 assert isinstance(comfy.queue(bad), dict)  # HTTP 400: refused before it ran
-            entry = comfy.run(_step_graph(m, session, 4, color), timeout=300)
+            entry = comfy.run(stream_step_graph(m, session, 4, color, height=48), timeout=300)
             outs.append(comfy.read_image_batch(entry))
         return outs
 
